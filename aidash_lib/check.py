@@ -101,7 +101,9 @@ def litellm_config_problems(doc: YamlDocument) -> list[Problem]:
     for index, entry in enumerate(model_list):
         loc: list[str | int] = ["model_list", index]
         if not isinstance(entry, dict):
-            problems.append(_problem(doc, loc, "must be a mapping with model_name and litellm_params"))
+            problems.append(
+                _problem(doc, loc, "must be a mapping with model_name and litellm_params")
+            )
             continue
         if not isinstance(entry.get("model_name"), str) or not entry.get("model_name"):
             problems.append(_problem(doc, loc, "model_name: missing (the model group's name)"))
@@ -118,9 +120,8 @@ def litellm_config_problems(doc: YamlDocument) -> list[Problem]:
             id_loc = [*loc, "model_info", "id"]
             if str(deployment_id) in seen_ids:
                 first = seen_ids[str(deployment_id)]
-                problems.append(_problem(
-                    doc, id_loc, f"model_info.id {deployment_id!r} is used twice (first on line {first})"
-                ))
+                message = f"model_info.id {deployment_id!r} is used twice (first on line {first})"
+                problems.append(_problem(doc, id_loc, message))
             else:
                 seen_ids[str(deployment_id)] = doc.line_of(id_loc)
     return problems

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -176,10 +177,19 @@ async def http_get(
 
 
 def _transport_message(exc: httpx.TransportError) -> str:
+    """The root cause in plain words: anyio wraps a refusal in "All connection attempts
+    failed", so walk the chain of causes for the operating system's own error."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return f"host name not resolved ({cause.strerror})"
+        if isinstance(cause, OSError) and cause.errno is not None and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
     text = str(exc) or type(exc).__name__
-    if "Connection refused" in text or "Errno 111" in text:
-        return "connection refused"
-    return text
+    return "connection refused" if "Errno 111" in text else text
 
 
 async def http_get_json(
@@ -196,6 +206,34 @@ async def http_get_json(
     except ValueError as exc:
         preview = " ".join(answer.text[:80].split())
         return Fault(FaultKind.MALFORMED, f"not JSON ({exc.msg}): {preview!r}", url=url)
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What a server's readiness endpoint said: ready or not, in its own words.
+
+    A 503 answer is not a fault: the server is up and says it is not ready yet (Prometheus
+    while it replays its WAL, for instance).
+    """
+
+    ready: bool
+    message: str
+    url: str
+
+
+async def server_ready(
+    client: httpx.AsyncClient, source: str, base_url: str, timeout: httpx.Timeout | float
+) -> Reading[ServerStatus]:
+    """Read a Prometheus-style `/-/ready` endpoint (Prometheus, Alertmanager)."""
+    started = time.time()
+    url = f"{base_url}/-/ready"
+    answer = await http_get(client, url, timeout=timeout)
+    if isinstance(answer, Fault):
+        if answer.status_code == 503:
+            return Reading.success(source, ServerStatus(False, answer.message, url), started)
+        return Reading.failure(source, answer, started)
+    message = " ".join(answer.text.split()) or "ready"
+    return Reading.success(source, ServerStatus(True, message, url), started)
 
 
 def malformed(url: str | None, what: str) -> Fault:

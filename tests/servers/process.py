@@ -84,11 +84,11 @@ def start_server(
 ) -> ServerProcess:
     """Start `argv`, wait until `base_url + ready_path` answers one of `ready_status`."""
     log_path = log_dir / f"{name}.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen(
-        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
-    )
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+        )
     server = ServerProcess(name, proc, log_path, base_url)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
@@ -104,5 +104,7 @@ def start_server(
             pass
         time.sleep(0.1)
     server.kill()
-    pytest.fail(f"{name} not ready after {ready_timeout_s:.0f} s:\n{server.log_tail()}", pytrace=False)
+    pytest.fail(
+        f"{name} not ready after {ready_timeout_s:.0f} s:\n{server.log_tail()}", pytrace=False
+    )
     raise AssertionError("unreachable")

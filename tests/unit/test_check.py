@@ -45,7 +45,10 @@ def test_litellm_structure_problems_are_located(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out.splitlines()
     assert f"{path}:5: model_list.1: model_name: missing (the model group's name)" in out
     assert f"{path}:5: model_list.1.litellm_params: litellm_params.model: missing" in out[1]
-    assert out[2] == f"{path}:8: model_list.1.model_info.id: model_info.id 'dup' is used twice (first on line 4)"
+    assert out[2] == (
+        f"{path}:8: model_list.1.model_info.id: model_info.id 'dup' is used twice"
+        " (first on line 4)"
+    )
 
 
 def test_exit_codes(tmp_path: Path, capsys) -> None:
