@@ -29,9 +29,6 @@ from aidash_lib.sources.prometheus import PrometheusSource
 from aidash_lib.sources.services import ServiceSpec, ServicesSource
 from aidash_lib.sources.system import SystemSource
 
-#: System rates (disk, network) are measured between two readings at least this far apart.
-MIN_RATE_WINDOW_S = 0.5
-
 REQUESTS_METRIC = "litellm_deployment_total_requests_total"
 FAILURES_METRIC = "litellm_deployment_failure_responses_total"
 
@@ -118,12 +115,12 @@ async def _gather(
     )
     system = SystemSource()
     tasks: dict[str, Any] = {
+        "gateway.metrics": gateway.metrics(),  # the slowest answer: asked first
         "gateway.liveliness": gateway.liveliness(),
         "gateway.readiness": gateway.readiness(),
         "gateway.model_groups": gateway.model_groups(),
         "gateway.deployments": gateway.deployments(),
         "gateway.router_settings": gateway.router_settings(),
-        "gateway.metrics": gateway.metrics(),
         "gpu": GpuSource().read(),
         "services": ServicesSource([
             ServiceSpec(s.name, s.kind, s.target) for s in settings.services
@@ -141,10 +138,9 @@ async def _gather(
         )
         tasks["alertmanager.alerts"] = alertmanager.active_alerts()
     names = list(tasks)
-    # The first machine reading primes the counters; the second, after the rest, gives rates.
-    results = await asyncio.gather(
-        *tasks.values(), system.read(), asyncio.sleep(MIN_RATE_WINDOW_S),
-    )
+    # The machine's counters are primed first; its reading, after the rest, gives rates over
+    # the time the snapshot took.
+    results = await asyncio.gather(*tasks.values(), system.prime())
     readings = dict(zip(names, results[: len(names)], strict=True))
     readings["machine"] = await system.read()
     return readings

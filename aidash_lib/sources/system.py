@@ -182,7 +182,17 @@ class SystemSource:
             return Reading.failure(self.source, fault, started)
         return Reading.success(self.source, snapshot, started)
 
+    async def prime(self) -> None:
+        """Take the baseline counters now (processes, disk and network), so that the next
+        `read()` gives rates over the time in between without waiting on its own."""
+        await asyncio.to_thread(self._prime)
+
     # All below runs in a worker thread.
+
+    def _prime(self) -> None:
+        with self._lock:
+            self._processes, self._processes_at = self._scan_processes(), self._clock()
+            self._io, self._io_at = self._io_counters(), self._clock()
 
     def _sample_processes_first(self) -> None:
         with self._lock:

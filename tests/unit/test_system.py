@@ -200,3 +200,17 @@ async def test_reads_do_not_block_the_event_loop():
     await source.read()
     task.cancel()
     assert ticks >= 10  # the first read waits 0.25 s for process CPU without blocking
+
+
+async def test_prime_makes_the_first_read_give_rates_without_waiting(monkeypatch) -> None:
+    async def no_wait(seconds: float) -> None:
+        raise AssertionError(f"read() waited {seconds} s after prime()")
+
+    source = SystemSource()
+    await source.prime()
+    monkeypatch.setattr("aidash_lib.sources.system.asyncio.sleep", no_wait)
+    reading = await source.read()
+    assert reading.ok
+    snap = reading.value
+    assert snap.disk_read_bytes_per_s is not None and snap.disk_read_bytes_per_s >= 0
+    assert snap.net_rx_bytes_per_s is not None and snap.net_rx_bytes_per_s >= 0
