@@ -1,7 +1,9 @@
 """`aidash check`: validate config files, telling each file's kind by its content.
 
-Kinds known so far: the dashboard settings and a LiteLLM proxy config (its structure; the
-routing graph's own checks come with `routing.py`). Each problem is `file:line: message`.
+Kinds: the dashboard settings, a LiteLLM proxy config (its structure, then the routing graph's
+checks from `routing.py`), providers and model mappings (`routing_files.py`). The routing files
+given together are checked as one graph, so that references between them are judged (a provider
+a deployment names, a group a mapping targets). Each problem is `file:line: message`.
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aidash_lib.routing import LITELLM_KEYS, MAPPINGS_KEY, PROVIDERS_KEY, build_graph
 from aidash_lib.settings import Settings, SettingsError, validate_settings_file
-from aidash_lib.yamlfile import Problem, UnusableInput, YamlDocument, load_yaml
+from aidash_lib.yamlfile import Problem, Severity, UnusableInput, YamlDocument, load_yaml
 
-LITELLM_KEYS = frozenset({"model_list", "router_settings", "litellm_settings", "general_settings"})
 SETTINGS_KEYS = frozenset(Settings.model_fields) - {"source_path"}
 
 
 class FileKind(enum.StrEnum):
     DASHBOARD_SETTINGS = "dashboard settings"
     LITELLM_CONFIG = "LiteLLM config"
+    PROVIDERS = "providers"
+    MAPPINGS = "model mappings"
     UNKNOWN = "unknown"
 
 
@@ -44,10 +48,13 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
-        """0 valid, 1 problems, 2 unusable input (as DESIGN.md's command table says)."""
+        """0 valid, 1 problems, 2 unusable input (as DESIGN.md's command table says).
+
+        Warnings (an unset environment variable, a fallback cycle LiteLLM cuts itself) are
+        printed but do not make a file invalid."""
         if any(checked.unusable for checked in self.files):
             return 2
-        return 1 if self.problems else 0
+        return 1 if any(p.severity is Severity.ERROR for p in self.problems) else 0
 
 
 def file_kind(doc: YamlDocument) -> FileKind:
@@ -58,17 +65,34 @@ def file_kind(doc: YamlDocument) -> FileKind:
     keys = set(data)
     if keys & LITELLM_KEYS:
         return FileKind.LITELLM_CONFIG
+    if PROVIDERS_KEY in keys:
+        return FileKind.PROVIDERS
+    if MAPPINGS_KEY in keys:
+        return FileKind.MAPPINGS
     if keys & SETTINGS_KEYS:
         return FileKind.DASHBOARD_SETTINGS
     return FileKind.UNKNOWN
 
 
+_ROUTING_KINDS = (FileKind.LITELLM_CONFIG, FileKind.PROVIDERS, FileKind.MAPPINGS)
+
+
 def check_file(path: str | Path) -> FileCheck:
+    """Check one file on its own (references to other routing files are not judged)."""
+    return check_files([path]).files[0]
+
+
+def _check_one(path: str | Path) -> tuple[FileCheck, YamlDocument | None]:
     name = str(path)
     try:
         doc = load_yaml(path)
     except UnusableInput as exc:
-        return FileCheck(name, FileKind.UNKNOWN, (exc.problem,), unusable=True)
+        return FileCheck(name, FileKind.UNKNOWN, (exc.problem,), unusable=True), None
+    return _check_document(path, doc), doc
+
+
+def _check_document(path: str | Path, doc: YamlDocument) -> FileCheck:
+    name = str(path)
     kind = file_kind(doc)
     if kind is FileKind.DASHBOARD_SETTINGS:
         try:
@@ -78,15 +102,41 @@ def check_file(path: str | Path) -> FileCheck:
         return FileCheck(name, kind)
     if kind is FileKind.LITELLM_CONFIG:
         return FileCheck(name, kind, tuple(litellm_config_problems(doc)))
+    if kind in _ROUTING_KINDS:
+        return FileCheck(name, kind)
     message = (
-        "not a config file aidash knows: expected dashboard settings (gateway:, intervals:, ...)"
-        " or a LiteLLM config (model_list:, router_settings:, ...)"
+        "not a config file aidash knows: expected dashboard settings (gateway:, intervals:, ...),"
+        " a LiteLLM config (model_list:, router_settings:, ...), providers (providers:) or model"
+        " mappings (mappings:)"
     )
     return FileCheck(name, kind, (Problem(name, 1, message),), unusable=True)
 
 
 def check_files(paths: Iterable[str | Path]) -> CheckReport:
-    return CheckReport(tuple(check_file(path) for path in paths))
+    """Check each file; the routing files among them (LiteLLM configs, providers, mappings)
+    together, as one routing graph per LiteLLM config."""
+    checked = [_check_one(path) for path in paths]
+    docs = {kind: [doc for check, doc in checked if check.kind is kind and doc is not None
+                   and not check.unusable]
+            for kind in _ROUTING_KINDS}
+    providers = docs[FileKind.PROVIDERS][0] if docs[FileKind.PROVIDERS] else None
+    mappings = docs[FileKind.MAPPINGS][0] if docs[FileKind.MAPPINGS] else None
+    graph_problems: list[Problem] = []
+    for litellm in docs[FileKind.LITELLM_CONFIG] or [None]:
+        graph_problems.extend(build_graph(litellm, providers, mappings).problems)
+    for extra in (*docs[FileKind.PROVIDERS][1:], *docs[FileKind.MAPPINGS][1:]):
+        kind = file_kind(extra)
+        alone = build_graph(providers=extra if kind is FileKind.PROVIDERS else None,
+                            mappings=extra if kind is FileKind.MAPPINGS else None)
+        graph_problems.extend(alone.problems)
+    files = []
+    for check, _doc in checked:
+        if check.kind in _ROUTING_KINDS and not check.unusable:
+            mine = [p for p in graph_problems if p.path == check.path]
+            check = FileCheck(check.path, check.kind,
+                              tuple(dict.fromkeys((*check.problems, *mine))))
+        files.append(check)
+    return CheckReport(tuple(files))
 
 
 def litellm_config_problems(doc: YamlDocument) -> list[Problem]:

@@ -1,7 +1,9 @@
 """The `aidash` command line: the contract scripts, CI and operators rely on.
 
 Exit codes (DESIGN.md): `check` 0 valid / 1 problems / 2 unusable input;
-`snapshot` 0 / 1 if a source failed.
+`routes` 0 / 1 if the graph has problems of the error kind / 2 unusable input;
+`snapshot` 0 / 1 if a source failed; `record` runs until stopped (0), 1 if another recorder
+holds the store. Unusable settings exit 2.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from aidash_lib import __version__
-from aidash_lib.settings import SettingsError, load_settings, settings_path
-from aidash_lib.yamlfile import UnusableInput
+from aidash_lib.settings import Settings, SettingsError, load_settings, settings_path
+from aidash_lib.yamlfile import Severity, UnusableInput
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="*", metavar="FILE", help="default: the settings file")
     check.set_defaults(run=_run_check)
 
+    routes = commands.add_parser(
+        "routes", help="the routing graph: groups, deployments, fallback chains; what if X is down",
+    )
+    routes.add_argument(
+        "files", nargs="*", metavar="FILE",
+        help="a LiteLLM config, providers and mappings (default: the settings' routing files)",
+    )
+    routes.add_argument("--json", action="store_true", help="print JSON instead of text")
+    routes.add_argument("--model", metavar="M", help="only this group, alias or mapping")
+    routes.add_argument(
+        "--down", nargs="+", action="extend", default=[], metavar="NAME",
+        help="deployment ids, providers or groups to take as down: show where traffic would go",
+    )
+    routes.set_defaults(run=_run_routes)
+
     snapshot = commands.add_parser(
         "snapshot", help="one collection from every configured source",
     )
     snapshot.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     snapshot.set_defaults(run=_run_snapshot)
+
+    record = commands.add_parser(
+        "record", help="the poller alone: sources -> store, on the configured intervals",
+    )
+    record.set_defaults(run=_run_record)
     return parser
 
 
@@ -55,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_check(args: argparse.Namespace) -> int:
     from aidash_lib.check import check_files
 
-    files = args.files or [args.config or str(settings_path())]
+    files = args.files or _default_check_files(args)
     report = check_files(files)
     for problem in report.problems:
         print(problem)
@@ -65,15 +87,94 @@ def _run_check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _default_check_files(args: argparse.Namespace) -> list[str]:
+    """The settings file, and the routing files it names when it is valid."""
+    from aidash_lib.routing import routing_files
+
+    path = args.config or str(settings_path())
+    try:
+        return [path, *(str(p) for p in routing_files(load_settings(path)))]
+    except (SettingsError, UnusableInput):
+        return [path]
+
+
+def _run_routes(args: argparse.Namespace) -> int:
+    from aidash_lib.check import check_files
+    from aidash_lib.routing import format_graph, format_what_if, load_graph, routing_files
+
+    try:
+        files = args.files or [str(p) for p in routing_files(load_settings(args.config))]
+        if not files:
+            print("no routing files: give FILES, or set the settings' routing section",
+                  file=sys.stderr)
+            return 2
+        graph = load_graph(files)
+    except (SettingsError, UnusableInput) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    report = check_files(files)
+    if report.exit_code == 2:
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    known = {*graph.entry_names}
+    if args.model is not None and args.model not in known:
+        print(f"--model {args.model}: no such group, alias or mapping", file=sys.stderr)
+        return 2
+    down = graph.down_set(args.down)
+    if down.unknown:
+        print(f"--down: no deployment, provider or group is named {', '.join(down.unknown)}",
+              file=sys.stderr)
+        return 2
+    what_if = graph.what_if(down) if args.down else None
+    problems = report.problems
+    if args.json:
+        data = graph.to_dict()
+        data["problems"] = [
+            {"path": p.path, "line": p.line, "severity": p.severity.value, "message": p.message}
+            for p in problems
+        ]
+        if args.model is not None:
+            data["model"] = {
+                "name": args.model, "group": graph.resolve(args.model),
+                "route": graph.route(args.model, down=down).to_dict(),
+            }
+        if what_if is not None:
+            data["what_if"] = what_if.to_dict()
+        print(json.dumps(data, indent=2, allow_nan=False))
+    else:
+        print("files: " + ", ".join(graph.files))
+        print(format_graph(graph, args.model))
+        if what_if is not None:
+            print()
+            print(format_what_if(what_if, args.model))
+        if problems:
+            print()
+            for problem in problems:
+                print(problem)
+    return 1 if any(p.severity is Severity.ERROR for p in problems) else 0
+
+
+def _settings_or_exit(args: argparse.Namespace) -> Settings:
+    """The settings in force, or exit 2 with their located problems."""
+    try:
+        return load_settings(args.config)
+    except (SettingsError, UnusableInput) as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from aidash_lib.recorder import main_record
+
+    return main_record(_settings_or_exit(args))
+
+
 def _run_snapshot(args: argparse.Namespace) -> int:
     from aidash_lib.snapshot import collect_snapshot
     from aidash_lib.summary import print_snapshot
 
-    try:
-        settings = load_settings(args.config)
-    except (SettingsError, UnusableInput) as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = _settings_or_exit(args)
     # The summary says when there is no GPU driver; the source's one-time warning would repeat it.
     logging.getLogger("aidash_lib.sources.gpu").setLevel(logging.ERROR)
     snapshot = asyncio.run(collect_snapshot(settings))

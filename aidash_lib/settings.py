@@ -112,6 +112,56 @@ class ServiceSettings(_Strict):
     target: str = Field(min_length=1)
 
 
+class RoutingSettings(_Strict):
+    """The files `aidash routes` reads by default; relative paths are relative to the folder of
+    the settings file (the repository's `config/` when there is none)."""
+
+    litellm_config: str = "litellm-config.yaml"
+    providers: str = "providers.yaml"
+    mappings: str = "model-mappings.yaml"
+
+
+#: The dashboard's panels, by the name used in `dashboard.layout`.
+PANEL_NAMES: tuple[str, ...] = ("status", "deployments", "traffic", "comparison", "gpus", "machine")
+
+
+def _default_layout() -> list[str | list[str]]:
+    return ["status", "deployments", "traffic", "comparison", ["gpus", "machine"]]
+
+
+class DashboardSettings(_Strict):
+    """What the Voila dashboard shows: its panels in rows (a name, or a list of names side by
+    side), how often it refreshes from the store, its default range and its charts' size."""
+
+    layout: list[str | list[str]] = Field(default_factory=_default_layout)
+    refresh_s: float = Field(default=5.0, ge=0.5, le=3600)
+    default_range: Literal["15m", "1h", "6h", "24h", "7d"] = "1h"
+    chart_width_px: int = Field(default=520, ge=160, le=4000)
+    chart_height_px: int = Field(default=220, ge=100, le=2000)
+
+    @field_validator("layout")
+    @classmethod
+    def _known_panels(cls, layout: list[str | list[str]]) -> list[str | list[str]]:
+        seen: list[str] = []
+        for row in layout:
+            names = [row] if isinstance(row, str) else row
+            if not names:
+                raise ValueError("a row of the layout names no panel")
+            for name in names:
+                if name not in PANEL_NAMES:
+                    known = ", ".join(PANEL_NAMES)
+                    raise ValueError(f"unknown panel {name!r}: choose from {known}")
+                if name in seen:
+                    raise ValueError(f"panel {name!r} appears twice in the layout")
+                seen.append(name)
+        return layout
+
+    @property
+    def panels(self) -> list[str]:
+        """The panel names in the order they appear."""
+        return [n for row in self.layout for n in ([row] if isinstance(row, str) else row)]
+
+
 class Settings(_Strict):
     """Everything `config/dashboard.yaml` holds, after environment overrides."""
 
@@ -122,6 +172,8 @@ class Settings(_Strict):
     intervals: Intervals = Field(default_factory=Intervals)
     thresholds: dict[str, Threshold] = Field(default_factory=_default_thresholds)
     services: list[ServiceSettings] = Field(default_factory=list)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     source_path: str | None = Field(default=None, exclude=True)
 
     def gateway_key(self, environ: Mapping[str, str] | None = None) -> str | None:

@@ -58,7 +58,8 @@ def _loopback_transfer(size: int = 4 * 1024 * 1024) -> None:
 async def test_two_real_reads_give_rates_and_plausible_totals(tmp_path: Path):
     busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
     try:
-        source = SystemSource(top_n=3, disk_paths=("/", str(tmp_path)), net_exclude=())
+        # A wide top list: on a shared machine other processes may outrun the busy loop.
+        source = SystemSource(top_n=100, disk_paths=("/", str(tmp_path)), net_exclude=())
         first = await source.read()
         assert first.ok, first.fault
         snap = first.value
@@ -102,10 +103,12 @@ async def test_two_real_reads_give_rates_and_plausible_totals(tmp_path: Path):
     assert tmp.total_bytes and tmp.total_bytes > 0
     assert snap.process_count > 5
 
-    assert 1 <= len(snap.top_by_memory) <= 3
+    assert 1 <= len(snap.top_by_memory) <= 100
     rss = [p.memory_rss_bytes for p in snap.top_by_memory]
     assert rss == sorted(rss, reverse=True)
-    assert 1 <= len(snap.top_by_cpu) <= 3
+    assert 1 <= len(snap.top_by_cpu) <= 100
+    cpu = [p.cpu_percent for p in snap.top_by_cpu]
+    assert cpu == sorted(cpu, reverse=True)
     hog = next(p for p in snap.top_by_cpu if p.pid == busy.pid)
     assert hog.cpu_percent is not None and hog.cpu_percent > 30
     assert hog.name and hog.name.startswith("python")
