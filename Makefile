@@ -8,14 +8,18 @@ LITELLM_VENV := .venv-litellm
 LITELLM_PINS := 'litellm[proxy]==1.108.7' 'prometheus-client==0.26.0' 'prisma==0.15.0'
 PYTEST_ARGS ?=
 
-.PHONY: dashboard snapshot test lint venv litellm-venv system-deps clean
+.PHONY: dashboard demo snapshot test lint venv litellm-venv litellm-venv-aidash system-deps clean
 
-dashboard: snapshot  ## the main job; until the dashboard lands it is one snapshot of every source
+dashboard: $(VENV)/.installed-dashboard  ## the main job: the recorder and the dashboard on 127.0.0.1:8866
+	$(VENV)/bin/aidash serve
+
+demo: $(VENV)/.installed-dashboard litellm-venv-aidash  ## a LiteLLM proxy with traffic, and the dashboard
+	$(VENV)/bin/aidash demo
 
 snapshot: $(VENV)/.installed-dashboard
 	$(VENV)/bin/aidash snapshot
 
-test: $(VENV)/.installed-test $(LITELLM_VENV)/.installed system-deps lint
+test: $(VENV)/.installed-test $(LITELLM_VENV)/.installed litellm-venv-aidash system-deps lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
@@ -41,6 +45,15 @@ $(LITELLM_VENV)/.installed:
 	$(PYTHON) -m venv $(LITELLM_VENV)
 	$(LITELLM_VENV)/bin/pip install -q -U pip
 	$(LITELLM_VENV)/bin/pip install -q $(LITELLM_PINS)
+	touch $@
+
+# aidash's request logger runs inside the gateway: install aidash there as operators do (editable,
+# so the tests run this checkout), and check that it leaves LiteLLM's pins intact.
+litellm-venv-aidash: $(LITELLM_VENV)/.installed-aidash
+
+$(LITELLM_VENV)/.installed-aidash: pyproject.toml $(LITELLM_VENV)/.installed
+	$(LITELLM_VENV)/bin/pip install -q -e .
+	$(LITELLM_VENV)/bin/pip check
 	touch $@
 
 system-deps:

@@ -87,8 +87,10 @@ DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 
+-- AUTOINCREMENT: ids are never reused, even after compaction empties this table, so a
+-- request keeps one id whether it is read from here or from a columnar segment.
 CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     call_id TEXT NOT NULL,
     started_s REAL NOT NULL,
     ended_s REAL NOT NULL,
@@ -118,6 +120,72 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_by_time ON requests (ended_s);
 CREATE INDEX IF NOT EXISTS requests_by_call ON requests (call_id);
+CREATE INDEX IF NOT EXISTS requests_by_start ON requests (started_s);
+
+-- One row per series: a metric name and its sorted labels as a JSON array of [name, value].
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    metric TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    UNIQUE (metric, labels)
+);
+
+-- Raw samples, kept for the raw retention (48 h by default).
+CREATE TABLE IF NOT EXISTS samples (
+    series_id INTEGER NOT NULL REFERENCES series (id),
+    time_s REAL NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (series_id, time_s)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS samples_by_time ON samples (time_s);
+
+-- Per-minute rollups of samples older than the raw retention, kept for the rollup retention.
+CREATE TABLE IF NOT EXISTS rollups (
+    series_id INTEGER NOT NULL REFERENCES series (id),
+    minute_s INTEGER NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    sum REAL NOT NULL,
+    count INTEGER NOT NULL,
+    last REAL NOT NULL,
+    last_time_s REAL NOT NULL,
+    PRIMARY KEY (series_id, minute_s)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollups_by_time ON rollups (minute_s);
+
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time_s REAL NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (time_s);
+
+-- Immutable columnar segments (Parquet files in `<store>.segments/`) holding request rows
+-- moved out of `requests`. A row here is committed only after its file is complete, in the
+-- same transaction that deletes the rows it holds from `requests`.
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL DEFAULT 'requests',
+    file TEXT NOT NULL UNIQUE,
+    start_s REAL NOT NULL,
+    end_s REAL NOT NULL,
+    rows INTEGER NOT NULL,
+    min_id INTEGER NOT NULL,
+    max_id INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_s REAL NOT NULL
+);
+
+-- Who holds the recorder lock, for people to read; the lock itself is an flock on the
+-- sidecar file `<store>.recorder.lock`, released by the kernel when its holder dies.
+CREATE TABLE IF NOT EXISTS recorder (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    since_s REAL NOT NULL
+);
 """
 
 
