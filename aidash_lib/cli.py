@@ -2,8 +2,9 @@
 
 Exit codes (DESIGN.md): `check` 0 valid / 1 problems / 2 unusable input;
 `routes` 0 / 1 if the graph has problems of the error kind / 2 unusable input;
-`snapshot` 0 / 1 if a source failed; `record` runs until stopped (0), 1 if another recorder
-holds the store. Unusable settings exit 2.
+`snapshot` 0 / 1 if a source failed; `record`, `serve` and `demo` run until stopped (0), 1 if
+they cannot start (another recorder holds the store, the port is taken, a part failed).
+Unusable settings exit 2.
 """
 
 from __future__ import annotations
@@ -62,6 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
         "record", help="the poller alone: sources -> store, on the configured intervals",
     )
     record.set_defaults(run=_run_record)
+
+    serve = commands.add_parser(
+        "serve", help="the recorder (if none runs) and the dashboard in Voila, on 127.0.0.1",
+    )
+    serve.add_argument("--port", type=int, default=8866, help="the dashboard's port (8866)")
+    serve.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on; anything but loopback gets a token",
+    )
+    serve.add_argument("--open", action="store_true", help="open the dashboard in a browser")
+    serve.set_defaults(run=_run_serve)
+
+    demo = commands.add_parser(
+        "demo", help="a real LiteLLM proxy with mock deployments and traffic, and the dashboard",
+    )
+    demo.add_argument("--port", type=int, default=8866, help="the dashboard's port (8866)")
+    demo.add_argument("--gateway-port", type=int, default=None, help="the proxy's port")
+    demo.add_argument("--rate", type=float, default=None, help="requests per second")
+    demo.add_argument("--open", action="store_true", help="open the dashboard in a browser")
+    demo.add_argument("--keep", action="store_true", help="keep the store and logs at exit")
+    demo.set_defaults(run=_run_demo)
     return parser
 
 
@@ -168,6 +190,21 @@ def _run_record(args: argparse.Namespace) -> int:
     from aidash_lib.recorder import main_record
 
     return main_record(_settings_or_exit(args))
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from aidash_lib.serve import main_serve
+
+    settings = _settings_or_exit(args)
+    return main_serve(settings, port=args.port, host=args.host, open_browser=args.open)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from aidash_lib.demo import main_demo
+
+    options = {"rate": args.rate} if args.rate is not None else {}
+    return main_demo(port=args.port, gateway_port=args.gateway_port, open_browser=args.open,
+                     keep=args.keep, **options)
 
 
 def _run_snapshot(args: argparse.Namespace) -> int:

@@ -254,19 +254,19 @@ def remove_item(items: CommentedSeq, index: int) -> Any:
     """Remove `items[index]`, keeping the comment lines that follow it (ruamel attaches them to
     the item's last value, so `del items[index]` would drop the heading of the next item).
     Returns the item removed."""
-    slot = _trailing_slot(items[index])
+    slot = trailing_slot(items[index])
     token = slot[0][slot[1]] if slot else None
     item = items.pop(index)
     rest = token.value.partition("\n")[2] if token is not None else ""
     if not rest.strip():
         return item
     if index > 0:
-        previous = _trailing_slot(items[index - 1])
+        previous = trailing_slot(items[index - 1])
         if previous is not None:
             previous[0][previous[1]].value += rest
         else:
             token.value = "\n" + rest
-            _attach_trailing(items[index - 1], token)
+            attach_trailing(items[index - 1], token)
     elif items.ca.comment and isinstance(items.ca.comment[1], list) and items.ca.comment[1]:
         items.ca.comment[1][-1].value += rest
     elif items:
@@ -275,34 +275,34 @@ def remove_item(items: CommentedSeq, index: int) -> Any:
     return item
 
 
-def _trailing_slot(node: Any) -> tuple[list[Any], int] | None:
+def trailing_slot(node: Any) -> tuple[list[Any], int] | None:
     """Where ruamel keeps the comment that follows `node`: (its comment list, position)."""
     if isinstance(node, CommentedMap) and node:
         key = list(node)[-1]
         entry = node.ca.items.get(key)
         if entry and entry[2] is not None:
             return entry, 2
-        return _trailing_slot(node[key]) if not _is_flow(node[key]) else None
+        return trailing_slot(node[key]) if not _is_flow(node[key]) else None
     if isinstance(node, CommentedSeq) and node:
         entry = node.ca.items.get(len(node) - 1)
         if entry and entry[0] is not None:
             return entry, 0
-        return _trailing_slot(node[-1]) if not _is_flow(node[-1]) else None
+        return trailing_slot(node[-1]) if not _is_flow(node[-1]) else None
     return None
 
 
-def _attach_trailing(node: Any, token: CommentToken) -> None:
+def attach_trailing(node: Any, token: CommentToken) -> None:
     if isinstance(node, CommentedMap) and node:
         key = list(node)[-1]
         if isinstance(node[key], CommentedMap | CommentedSeq) and node[key] \
                 and not _is_flow(node[key]):
-            _attach_trailing(node[key], token)
+            attach_trailing(node[key], token)
         else:
             node.ca.items.setdefault(key, [None, None, None, None])[2] = token
     elif isinstance(node, CommentedSeq) and node:
         if isinstance(node[-1], CommentedMap | CommentedSeq) and node[-1] \
                 and not _is_flow(node[-1]):
-            _attach_trailing(node[-1], token)
+            attach_trailing(node[-1], token)
         else:
             node.ca.items.setdefault(len(node) - 1, [None, None, None, None])[0] = token
 

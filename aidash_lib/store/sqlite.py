@@ -815,7 +815,10 @@ class SqliteHistory:
         sql = f"SELECT * FROM ({{source}}) WHERE {' AND '.join(where)} {order}"
         table = self._duck_query(sql, params, SEGMENT_COLUMNS, start_s, end_s)
         if limit is not None:
-            table = table.take(list(range(table.num_rows - 1, -1, -1)))
+            import pyarrow as pa
+
+            newest_last = pa.array(range(table.num_rows - 1, -1, -1), type=pa.int64())
+            table = table.take(newest_last)  # typed: an empty list would have no type
         return _requests_frame(table)
 
     def latency_percentiles_now(
@@ -1075,16 +1078,20 @@ class SqliteHistory:
 
     def query_requests_now(
         self,
-        run: Callable[[duckdb.DuckDBPyConnection, str], T],
+        run: Callable[[duckdb.DuckDBPyConnection, str, list[str]], T],
         start: TimeArg,
         end: TimeArg,
     ) -> T:
-        """`run(duck, source)` over one snapshot of the attempts that started in `[start, end]`.
+        """`run(duck, source, files)` over one snapshot of the attempts that started in
+        `[start, end]`.
 
         `source` is a parenthesised SQL relation (no parameters) of those attempts with the
-        segment columns: `id`, then the fields of `schema.RequestRecord`. `run` may execute
-        several statements on `duck` and register its own Arrow tables there (unregistering
-        them); it runs under this object's lock, in the calling thread.
+        segment columns: `id`, then the fields of `schema.RequestRecord`. It reads the Parquet
+        segment `files` (absolute paths; a segment file never changes, so what is derived from
+        one may be cached by its path) and the table `aidash_request_head` (the rows still in
+        SQLite, already limited to the window). `run` may execute several statements on `duck`
+        and register its own Arrow tables there (unregistering them); it runs under this
+        object's lock, in the calling thread.
         """
         import duckdb
 
@@ -1112,19 +1119,18 @@ class SqliteHistory:
         for attempt in range(self.READ_RETRIES):
             files, head_rows = self._sqlite_read(read)
             source = f"SELECT {select} FROM aidash_request_head"
-            if files:
-                paths = ", ".join(
-                    "'" + str(self.segments_dir / name).replace("'", "''") + "'" for name in files
-                )
+            paths = [str(self.segments_dir / name) for name in files]
+            if paths:
+                listed = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
                 source = (
-                    f"SELECT {select} FROM read_parquet([{paths}]) WHERE started_s >= "
+                    f"SELECT {select} FROM read_parquet([{listed}]) WHERE started_s >= "
                     f"{start_s!r} AND started_s <= {end_s!r} UNION ALL {source}"
                 )
             with self._lock:
                 duck = self._duckdb()
                 duck.register("aidash_request_head", rows_to_table(head_rows))
                 try:
-                    return run(duck, f"({source})")
+                    return run(duck, f"({source})", paths)
                 except duckdb.IOException:
                     if attempt == self.READ_RETRIES - 1:
                         raise
@@ -1134,7 +1140,7 @@ class SqliteHistory:
 
     async def query_requests(
         self,
-        run: Callable[[duckdb.DuckDBPyConnection, str], T],
+        run: Callable[[duckdb.DuckDBPyConnection, str, list[str]], T],
         start: TimeArg,
         end: TimeArg,
     ) -> T:

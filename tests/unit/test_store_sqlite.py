@@ -489,3 +489,14 @@ def test_full_disk_is_unavailable_and_writes_resume(
     assert store.write_requests([record(1)]) == 1  # reconnected: the limit is gone
     with contextlib.closing(sqlite3.connect(store.path)) as check:
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_newest_requests_of_an_empty_window_is_an_empty_frame(tmp_path) -> None:
+    from aidash_lib.store.sqlite import SqliteHistory, SqliteStore
+
+    store = SqliteStore(tmp_path / "h.sqlite")
+    store.ensure_open()
+    frame = SqliteHistory(tmp_path / "h.sqlite").requests_now("-1h", "now", limit=10)
+    assert frame.empty
+    assert "latency_s" in frame.columns
+    store.close()
