@@ -377,7 +377,7 @@ class Recorder:
         self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=10))
         self.gateway = gateway_source(settings, self.client, environ)
         self.gpu = gpu or GpuSource()
-        self.system = system or SystemSource(top_n=0)
+        self.system = system or SystemSource(top_n=TOP_PROCESSES)
         self.services = ServicesSource([
             ServiceSpec(s.name, s.kind, s.target) for s in settings.services
         ])
@@ -396,7 +396,8 @@ class Recorder:
         self.faults = FaultLog()
         self.polls: dict[str, int] = {}
         self._deployments: tuple[Deployment, ...] = ()
-        self._deployments_written: str | None = None
+        self.changes = ChangeEvents()
+        self._firing: dict[str, str] = {}
         self._last_scrape: derive.Scrape | None = None
         self._fatal: BaseException | None = None
 
@@ -425,6 +426,7 @@ class Recorder:
         stop = stop or asyncio.Event()
         try:
             await self.writer.open()
+            await self.system.prime()  # so the first machine reading has rates and top processes
             jobs = self.jobs()
             fastest = min(jobs, key=lambda j: j.interval_s)
             log.info(
@@ -505,17 +507,31 @@ class Recorder:
         reading = await self.system.read()
         if not reading.ok or reading.value is None:
             return Collected(fault=reading.fault)
-        return Collected(derive.system_samples(reading.value, reading.taken_at))
+        snap = reading.value
+        top = {"top_by_cpu": _without_cmdlines(snap.top_by_cpu),
+               "top_by_memory": _without_cmdlines(snap.top_by_memory)}
+        events = self.changes.event("processes", "machine", top, reading.taken_at,
+                                    min_interval_s=PROCESSES_EVENT_S)
+        return Collected(derive.system_samples(snap, reading.taken_at), events)
 
     async def _poll_gpu(self) -> Collected:
         reading = await self.gpu.read()
         if not reading.ok or reading.value is None:
             return Collected(fault=reading.fault)
-        return Collected(derive.gpu_samples(reading.value, reading.taken_at))
+        gpus = to_jsonable(reading.value)
+        for gpu in gpus["gpus"]:
+            gpu["processes"] = _without_cmdlines(gpu["processes"])
+        events = self.changes.event("gpu_processes", "gpu", gpus, reading.taken_at,
+                                    min_interval_s=PROCESSES_EVENT_S)
+        return Collected(derive.gpu_samples(reading.value, reading.taken_at), events)
 
     async def _poll_readiness(self) -> Collected:
         reading = await self.gateway.readiness()
-        return Collected(derive.readiness_samples(reading), fault=reading.fault)
+        events = []
+        if reading.ok and reading.value is not None:
+            events = self.changes.event("gateway_readiness", self.settings.gateway.url,
+                                        to_jsonable(reading.value), reading.taken_at)
+        return Collected(derive.readiness_samples(reading), events, fault=reading.fault)
 
     async def _poll_metrics(self) -> Collected:
         reading = await self.gateway.metrics()
@@ -546,11 +562,8 @@ class Recorder:
         self._deployments = reading.value
         samples = [Sample("gateway_deployment_count", (), reading.taken_at,
                           float(len(reading.value)))]
-        detail = json.dumps(to_jsonable(reading.value), sort_keys=True)
-        events = []
-        if detail != self._deployments_written:
-            events.append(Event(reading.taken_at, "deployments", self.settings.gateway.url, detail))
-            self._deployments_written = detail
+        events = self.changes.event("deployments", self.settings.gateway.url,
+                                    to_jsonable(reading.value), reading.taken_at)
         return Collected(samples, events)
 
     async def _poll_services(self) -> Collected:
@@ -566,10 +579,51 @@ class Recorder:
                          fault=reading.fault)
 
     async def _poll_alertmanager(self) -> Collected:
+        """Alertmanager's readiness, and its active alerts as events with a beginning
+        (`firing`) and an end (`resolved`)."""
         assert self.alertmanager is not None
-        reading = await self.alertmanager.ready()
-        return Collected(derive.server_ready_samples("alertmanager_ready", reading),
-                         fault=reading.fault)
+        reading = await self.alertmanager.active_alerts()
+        ready = 1.0 if reading.ok else 0.0
+        samples = [Sample("alertmanager_ready", (), reading.taken_at, ready)]
+        if not reading.ok or reading.value is None:
+            return Collected(samples, fault=reading.fault)
+        now = {alert.name: json.dumps({"status": "firing", "severity": alert.severity,
+                                       "summary": alert.summary, "since": alert.starts_at})
+               for alert in reading.value}
+        events = [Event(reading.taken_at, "alert", name, detail)
+                  for name, detail in now.items() if name not in self._firing]
+        events += [Event(reading.taken_at, "alert", name, json.dumps({"status": "resolved"}))
+                   for name in self._firing if name not in now]
+        self._firing = now
+        return Collected(samples, events)
+
+
+class ChangeEvents:
+    """Events that carry the latest state of something (deployments, top processes...):
+    written when it changed, and no more often than asked."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def event(self, kind: str, subject: str, payload: Any, time_s: float, *,
+              min_interval_s: float = 0.0) -> list[Event]:
+        detail = json.dumps(payload, sort_keys=True, allow_nan=False)
+        previous = self._last.get((kind, subject))
+        if previous is not None and (previous[0] == detail
+                                     or time_s - previous[1] < min_interval_s):
+            return []
+        self._last[(kind, subject)] = (detail, time_s)
+        return [Event(time_s, kind, subject, detail)]
+
+
+def _without_cmdlines(processes: Any) -> list[dict[str, Any]]:
+    """Processes as JSON without their command lines: those can hold keys."""
+    return [{k: v for k, v in to_jsonable(p).items() if k != "cmdline"} for p in processes]
+
+
+#: Top processes kept per machine reading, and how often their list is written at most.
+TOP_PROCESSES = 5
+PROCESSES_EVENT_S = 60.0
 
 
 async def run_recorder(

@@ -126,7 +126,7 @@ PANEL_NAMES: tuple[str, ...] = ("status", "deployments", "traffic", "comparison"
 
 
 def _default_layout() -> list[str | list[str]]:
-    return ["status", "deployments", "traffic", "comparison", ["gpus", "machine"]]
+    return ["status", "deployments", "traffic", "comparison", "gpus", "machine"]
 
 
 class DashboardSettings(_Strict):
@@ -136,7 +136,7 @@ class DashboardSettings(_Strict):
     layout: list[str | list[str]] = Field(default_factory=_default_layout)
     refresh_s: float = Field(default=5.0, ge=0.5, le=3600)
     default_range: Literal["15m", "1h", "6h", "24h", "7d"] = "1h"
-    chart_width_px: int = Field(default=520, ge=160, le=4000)
+    chart_width_px: int = Field(default=420, ge=160, le=4000)
     chart_height_px: int = Field(default=220, ge=100, le=2000)
 
     @field_validator("layout")

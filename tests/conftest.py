@@ -8,8 +8,10 @@ import pytest
 
 pytest_plugins = [
     "tests.servers.litellm",
+    "tests.servers.litellm_logged",
     "tests.servers.prometheus",
     "tests.servers.misbehaving",
+    "tests.servers.voila",
 ]
 
 REPO = Path(__file__).resolve().parent.parent

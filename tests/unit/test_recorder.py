@@ -340,3 +340,59 @@ async def _until(condition, timeout_s: float = 20.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+def test_change_events_are_written_on_change_and_at_most_as_often_as_asked() -> None:
+    from aidash_lib.recorder import ChangeEvents
+
+    changes = ChangeEvents()
+    assert len(changes.event("deployments", "gw", [1], 100.0)) == 1
+    assert changes.event("deployments", "gw", [1], 101.0) == []  # unchanged
+    assert len(changes.event("deployments", "gw", [2], 102.0)) == 1
+    assert len(changes.event("processes", "m", {"a": 1}, 100.0, min_interval_s=60)) == 1
+    assert changes.event("processes", "m", {"a": 2}, 130.0, min_interval_s=60) == []
+    assert len(changes.event("processes", "m", {"a": 2}, 161.0, min_interval_s=60)) == 1
+
+
+async def test_alerts_become_events_with_a_beginning_and_an_end(tmp_path) -> None:
+    import httpx
+
+    from aidash_lib.recorder import Recorder
+    from aidash_lib.settings import Settings
+
+    firing = [{"labels": {"alertname": "GatewayDown", "severity": "critical"},
+               "annotations": {"summary": "the gateway is down"},
+               "startsAt": "2026-11-29T08:00:00Z", "endsAt": "2026-11-29T09:00:00Z",
+               "fingerprint": "f1", "status": {"state": "active", "silencedBy": [],
+                                               "inhibitedBy": []}}]
+    answers = [firing, firing, []]
+
+    def alertmanager(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers.pop(0))
+
+    settings = Settings.model_validate({
+        "alertmanager": {"url": "http://127.0.0.1:9093"},
+        "store": {"path": str(tmp_path / "h.sqlite")},
+    })
+    async with httpx.AsyncClient(transport=httpx.MockTransport(alertmanager)) as client:
+        recorder = Recorder(settings, client=client)
+        first = await recorder._poll_alertmanager()
+        second = await recorder._poll_alertmanager()
+        third = await recorder._poll_alertmanager()
+    assert [(e.kind, e.subject) for e in first.events] == [("alert", "GatewayDown")]
+    assert '"status": "firing"' in first.events[0].detail
+    assert second.events == []  # still firing: no new event
+    assert [e.detail for e in third.events] == ['{"status": "resolved"}']
+    assert [s.value for s in first.samples] == [1.0]
+
+
+def test_process_lists_are_stored_without_command_lines() -> None:
+    from aidash_lib.recorder import _without_cmdlines
+    from aidash_lib.sources.system import TopProcess
+
+    process = TopProcess(pid=1, name="vllm", cpu_percent=5.0, memory_rss_bytes=10,
+                         username="root", cmdline="vllm serve m --api-key sk-secret")
+    assert _without_cmdlines([process]) == [
+        {"pid": 1, "name": "vllm", "cpu_percent": 5.0, "memory_rss_bytes": 10,
+         "username": "root"}
+    ]

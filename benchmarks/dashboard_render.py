@@ -1,0 +1,159 @@
+"""Time from navigation to every panel of the dashboard showing data, in Chromium.
+
+The dashboard is served as `aidash serve` serves it (`python -m aidash_lib.serve`: the
+recorder and Voilà) over a real LiteLLM proxy with aidash's request logger and steady traffic,
+so that every panel has data to draw. The floor is the same measurement on a bare Voilà
+notebook with one bqplot chart (generated in a temporary folder, served with the same flags):
+what this stack costs before the dashboard does anything. Runs alternate between the two (ABAB)
+so that a shared machine's load falls on both alike; each run waits until the previous page's
+kernel has shut down. The figure is the median of 5 runs of each. Target: at most 1.3× the
+floor.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import nbformat  # noqa: E402
+
+from aidash_lib.demo import Traffic  # noqa: E402
+from aidash_lib.serve import READY_PATH, voila_launch  # noqa: E402
+from tests.servers.litellm_logged import start_logged_litellm  # noqa: E402
+from tests.servers.process import ServerProcess, free_port, start_server  # noqa: E402
+from tests.servers.voila import (  # noqa: E402
+    CHART_PANELS,
+    PANEL_STATE_JS,
+    PANELS,
+    TEST_TRAFFIC_MIX,
+    VIEWPORT,
+    ServedDashboard,
+    launch_args,
+    start_dashboard,
+)
+
+RUNS = 5
+TARGET = 1.3
+TIMEOUT_MS = 180_000
+WARMUP_S = 20.0
+
+FLOOR_SOURCE = """\
+import bqplot as bq
+import numpy as np
+
+x = np.arange(120)
+scale_x, scale_y = bq.LinearScale(), bq.LinearScale()
+line = bq.Lines(x=x, y=np.sin(x / 10), scales={"x": scale_x, "y": scale_y})
+bq.Figure(marks=[line], axes=[bq.Axis(scale=scale_x),
+                              bq.Axis(scale=scale_y, orientation="vertical")],
+          title="floor")
+"""
+ALL_PANELS_READY = f"(args) => Object.values(({PANEL_STATE_JS})(args)).every((s) => s.ready)"
+FLOOR_READY = """() => [...document.querySelectorAll('.bqplot path.line')]
+    .some((p) => (p.getAttribute('d') || '').length > 40)"""
+
+
+def floor_notebook(directory: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(FLOOR_SOURCE)]
+    path = directory / "floor.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def serve_floor(directory: Path) -> tuple[ServerProcess, str]:
+    """Plain Voilà on the floor notebook, with the flags `aidash serve` uses."""
+    port = free_port()
+    launch = voila_launch(floor_notebook(directory), port=port)
+    server = start_server("voila-floor", launch.argv, log_dir=directory, base_url=launch.base_url,
+                          ready_path=READY_PATH, ready_status=tuple(range(100, 600)))
+    return server, launch.url
+
+
+def wait_no_kernel(server: ServerProcess, timeout_s: float = 30.0) -> None:
+    """Wait until the server's last page has shut its kernel down."""
+    ServedDashboard(server.base_url, server, Path(), Path()).wait_for_kernels(0, timeout_s)
+
+
+def timed_render(browser: Any, url: str, ready_js: str, arg: Any = None) -> float:
+    """Seconds from navigation to `ready_js` being true; leaves through about:blank."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    try:
+        started = time.perf_counter()
+        page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
+        page.wait_for_function(ready_js, arg=arg, polling=50, timeout=TIMEOUT_MS)
+        return time.perf_counter() - started
+    finally:
+        page.goto("about:blank")
+        context.close()
+
+
+def main() -> int:
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="aidash-bench-render-") as tmp:
+        workdir = Path(tmp)
+        store = workdir / "history.sqlite"
+        print("starting a LiteLLM proxy with aidash's logger (about 10 s)...", flush=True)
+        logged = start_logged_litellm(workdir, store)
+        gateway = logged.gateway
+        traffic = Traffic(gateway.base_url, gateway.master_key, rate=2.0, mix=TEST_TRAFFIC_MIX)
+        served: ServedDashboard | None = None
+        floor_server: ServerProcess | None = None
+        try:
+            traffic.start()
+            served = start_dashboard(workdir, workdir, gateway_url=gateway.base_url,
+                                     store_path=store,
+                                     env={"LITELLM_MASTER_KEY": gateway.master_key})
+            floor_server, floor_url = serve_floor(workdir)
+            print(f"traffic and recorder warming up the store for {WARMUP_S:.0f} s...",
+                  flush=True)
+            time.sleep(WARMUP_S)
+            panels_arg = [list(PANELS), list(CHART_PANELS)]
+            dashboard_s: list[float] = []
+            floor_s: list[float] = []
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(**launch_args())
+                timed_render(browser, served.url, ALL_PANELS_READY, panels_arg)  # warm-up
+                timed_render(browser, floor_url, FLOOR_READY)
+                for run in range(1, RUNS + 1):
+                    wait_no_kernel(floor_server)
+                    wait_no_kernel(served.server)
+                    floor_s.append(timed_render(browser, floor_url, FLOOR_READY))
+                    wait_no_kernel(floor_server)
+                    dashboard_s.append(timed_render(browser, served.url, ALL_PANELS_READY,
+                                                    panels_arg))
+                    print(f"run {run}: floor {floor_s[-1]:.2f} s, dashboard "
+                          f"{dashboard_s[-1]:.2f} s", flush=True)
+                browser.close()
+        finally:
+            traffic.stop()
+            if served is not None:
+                served.server.stop()
+            if floor_server is not None:
+                floor_server.stop()
+            gateway.server.stop()
+    value, floor = statistics.median(dashboard_s), statistics.median(floor_s)
+    print(f"every panel showing data: median {value:.2f} s "
+          f"(min {min(dashboard_s):.2f}, max {max(dashboard_s):.2f})")
+    print(f"bare Voilà notebook, one bqplot chart: median {floor:.2f} s "
+          f"(min {min(floor_s):.2f}, max {max(floor_s):.2f})")
+    print(f"ratio {value / floor:.2f} (target at most {TARGET})")
+    print(json.dumps({"name": "dashboard_render", "value": round(value, 3),
+                      "floor": round(floor, 3), "ratio": round(value / floor, 3),
+                      "target": TARGET, "unit": "s"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The dashboard: panels from the settings' layout, the range picker and filters every panel
+follows, the view from the page's URL (`QUERY_STRING`, as Voila 0.5 sets it), the bounded live
+loop of test mode, and one failing panel leaving the others alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from aidash_lib.settings import (
+    DashboardSettings,
+    Settings,
+    SettingsError,
+    StoreSettings,
+    validate_settings_file,
+)
+from aidash_lib.store.sqlite import SqliteHistory
+from aidash_lib.ui.dashboard import Dashboard, LiveOptions, view_from_query_string
+from aidash_lib.ui.view import DashboardView
+from tests.unit.ui_samples import fill
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dash") / "history.sqlite"
+    fill(path, minutes=30)
+    return path
+
+
+def settings_for(path: Path, **dashboard: Any) -> Settings:
+    return Settings(store=StoreSettings(path=str(path)),
+                    dashboard=DashboardSettings(**dashboard))
+
+
+def test_live_options_from_the_environment() -> None:
+    assert LiveOptions.from_environ({}) == LiveOptions(True, 0, None)
+    assert LiveOptions.from_environ(
+        {"AIDASH_LIVE": "0", "AIDASH_MAX_TICKS": "3", "AIDASH_TICK_S": "0.5"}
+    ) == LiveOptions(False, 3, 0.5)
+    assert LiveOptions.from_environ(
+        {"AIDASH_LIVE": "yes", "AIDASH_MAX_TICKS": "many", "AIDASH_TICK_S": "-1"}
+    ) == LiveOptions(True, 0, None)
+
+
+def test_view_from_the_query_string() -> None:
+    view = view_from_query_string("range=6h&model=gpt-4o-mini&provider=openai&token=abc")
+    assert view == DashboardView("6h", "gpt-4o-mini", "openai")
+    assert view_from_query_string("range=2y", "15m").range_name == "1h"
+    assert view_from_query_string("", "15m") == DashboardView("15m")
+    assert view_from_query_string(None) == DashboardView()
+
+
+def test_dashboard_settings_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.yaml"
+    path.write_text("dashboard:\n  layout:\n    - status\n    - [gpus, graphs]\n"
+                    "  refresh_s: 0\n")
+    with pytest.raises(SettingsError) as caught:
+        validate_settings_file(path)
+    text = str(caught.value)
+    assert f"{path}:2: dashboard.layout: " in text and "unknown panel 'graphs'" in text
+    assert f"{path}:5: dashboard.refresh_s:" in text
+    path.write_text("dashboard:\n  layout: [status, status]\n")
+    with pytest.raises(SettingsError, match="appears twice"):
+        validate_settings_file(path)
+    assert DashboardSettings(layout=[["gpus", "machine"], "status"]).panels == [
+        "gpus", "machine", "status"]
+
+
+def test_the_layout_decides_the_panels_and_their_order(store: Path) -> None:
+    dashboard = Dashboard(settings_for(store, layout=[["gpus", "machine"], "status"]))
+    assert list(dashboard.panels) == ["gpus", "machine", "status"]
+    row = dashboard.children[1]
+    assert list(row.children) == [dashboard.panels["gpus"], dashboard.panels["machine"]]
+    assert dashboard.children[2] is dashboard.panels["status"]
+    classes = {name: p._dom_classes for name, p in Dashboard(settings_for(store)).panels.items()}
+    assert {name: f"aidash-{name}" in c for name, c in classes.items()} == dict.fromkeys(
+        ["status", "deployments", "traffic", "comparison", "gpus", "machine"], True)
+
+
+async def test_from_environment_reads_the_url_and_test_mode(store: Path) -> None:
+    env = {"AIDASH_STORE": str(store), "QUERY_STRING": "range=15m&model=claude-haiku&token=t0k",
+           "AIDASH_MAX_TICKS": "3", "AIDASH_TICK_S": "0.05"}
+    dashboard = Dashboard.from_environment(env)
+    assert dashboard.view == DashboardView("15m", "claude-haiku")
+    assert dashboard.range.value == "15m"
+    assert dashboard.model.value == "claude-haiku"
+    assert "range=15m&amp;model=claude-haiku" in dashboard.link.value
+    assert "t0k" not in dashboard.link.value
+    dashboard.start()
+    await dashboard.settle()
+    assert dashboard.ticks == 3
+    traffic = dashboard.panels["traffic"]
+    assert traffic.refreshes == 3
+    assert traffic.requests.names == ["claude-haiku"]
+    assert dashboard.panels["comparison"].refreshes == 1  # at most every 15 s when live
+    assert 'data-ticks="3"' in dashboard.view_marker.value
+    assert dashboard.model.value == "claude-haiku"  # still selected with the options filled
+    assert dashboard.model.label == "claude-haiku"
+    assert "gpt-4o-mini" in [v for _, v in dashboard.model.options]
+    assert {"openai", "azure", "anthropic", "hosted_vllm"} <= {
+        v for _, v in dashboard.provider.options}
+
+
+async def test_live_off_refreshes_once(store: Path) -> None:
+    dashboard = Dashboard.from_environment({"AIDASH_STORE": str(store), "AIDASH_LIVE": "0"})
+    dashboard.start()
+    await dashboard.settle()
+    assert dashboard.ticks == 1
+    assert all(p.refreshes == 1 for p in dashboard.panels.values())
+    assert all(p.last_error is None for p in dashboard.panels.values()), {
+        n: p.last_error for n, p in dashboard.panels.items()}
+
+
+async def test_every_panel_follows_the_range_and_filters(store: Path) -> None:
+    dashboard = Dashboard(settings_for(store))
+    await dashboard.refresh()
+    dashboard.range.value = "6h"
+    dashboard.provider.value = "azure"
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if all(p.view == DashboardView("6h", None, "azure")
+               and p._refreshed_view == p.view for p in dashboard.panels.values()):
+            break
+    assert {p.view for p in dashboard.panels.values()} == {DashboardView("6h", None, "azure")}
+    assert dashboard.panels["traffic"].requests.names == ["gpt-4o-mini-b"]
+    assert 'data-range="6h"' in dashboard.view_marker.value
+    assert 'data-provider="azure"' in dashboard.view_marker.value
+    dashboard.set_view(DashboardView("24h", "unknown-group"))
+    assert dashboard.model.value == "unknown-group"
+    await dashboard.refresh()
+    assert dashboard.panels["traffic"].requests.names == []
+
+
+async def test_the_live_loop_survives_and_stops(store: Path) -> None:
+    dashboard = Dashboard(settings_for(store), live=LiveOptions(True, 0, 0.01))
+    task = dashboard.start()
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if dashboard.ticks >= 2:
+            break
+    assert dashboard.ticks >= 2
+    dashboard.stop()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+    assert task.cancelled()
+
+
+class BrokenGpuHistory(SqliteHistory):
+    """The store, except that GPU series cannot be read."""
+
+    async def series(self, metric: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        if metric.startswith("gpu_"):
+            raise RuntimeError("the GPU part of the store is broken")
+        return await super().series(metric, *args, **kwargs)
+
+
+async def test_one_failing_panel_leaves_the_others_alone(store: Path) -> None:
+    dashboard = Dashboard(settings_for(store), history=BrokenGpuHistory(store))
+    await dashboard.refresh()
+    errors = {n: p.last_error for n, p in dashboard.panels.items()}
+    assert errors.pop("gpus") == "RuntimeError: the GPU part of the store is broken"
+    assert set(errors.values()) == {None}
+
+
+def test_unusable_settings_are_shown_on_the_page(tmp_path: Path, store: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dashboard:\n  refresh_s: -3\n")
+    dashboard = Dashboard.from_environment({"AIDASH_CONFIG": str(bad),
+                                            "AIDASH_STORE": str(store)})
+    banner = [c for c in dashboard.children if "aidash-settings-error" in c._dom_classes]
+    assert banner and "refresh_s" in banner[0].value
+    assert dashboard.settings.store_path == store
