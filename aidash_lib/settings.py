@@ -122,7 +122,9 @@ class RoutingSettings(_Strict):
 
 
 #: The dashboard's panels, by the name used in `dashboard.layout`.
-PANEL_NAMES: tuple[str, ...] = ("status", "deployments", "traffic", "comparison", "gpus", "machine")
+PANEL_NAMES: tuple[str, ...] = (
+    "status", "deployments", "traffic", "comparison", "routing", "gpus", "machine",
+)
 
 
 def _default_layout() -> list[str | list[str]]:

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
@@ -40,6 +40,7 @@ from aidash_lib.ui.comparison import ComparisonPanel
 from aidash_lib.ui.deployments import DeploymentsPanel
 from aidash_lib.ui.gpus import GpuPanel
 from aidash_lib.ui.machine import MachinePanel
+from aidash_lib.ui.routing_panel import RoutingPanel
 from aidash_lib.ui.status import StatusPanel
 from aidash_lib.ui.traffic import TrafficPanel
 from aidash_lib.ui.view import RANGES_S, DashboardView
@@ -50,14 +51,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The panels a layout may name, by name. Any widget class taking `(history, settings)` with
-#: a coroutine `refresh(view)` (the `Panel` protocol) can be added here (and to
-#: `settings.PANEL_NAMES`).
-PANEL_CLASSES: dict[str, type[PanelBase]] = {
+def _routing_panel(history: History, settings: Settings) -> PanelBase:
+    return RoutingPanel(history=history, settings=settings)
+
+
+#: The panels a layout may name, by name: each builds from `(history, settings)` a widget with
+#: a coroutine `refresh(view)` (the `Panel` protocol). Add new ones here and to
+#: `settings.PANEL_NAMES`.
+PANEL_CLASSES: dict[str, Callable[[History, Settings], PanelBase]] = {
     "status": StatusPanel,
     "deployments": DeploymentsPanel,
     "traffic": TrafficPanel,
     "comparison": ComparisonPanel,
+    "routing": _routing_panel,
     "gpus": GpuPanel,
     "machine": MachinePanel,
 }

@@ -175,3 +175,14 @@ def test_unusable_settings_are_shown_on_the_page(tmp_path: Path, store: Path) ->
     banner = [c for c in dashboard.children if "aidash-settings-error" in c._dom_classes]
     assert banner and "refresh_s" in banner[0].value
     assert dashboard.settings.store_path == store
+
+
+def test_the_routing_picture_is_a_panel_a_layout_can_name(tmp_path) -> None:
+    from aidash_lib.settings import Settings
+    from aidash_lib.store.sqlite import SqliteHistory
+    from aidash_lib.ui.dashboard import Dashboard
+    from aidash_lib.ui.routing_panel import RoutingPanel
+
+    settings = Settings.model_validate({"dashboard": {"layout": ["status", ["routing"]]}})
+    dashboard = Dashboard(settings=settings, history=SqliteHistory(tmp_path / "h.sqlite"))
+    assert isinstance(dashboard.panels["routing"], RoutingPanel)
