@@ -123,12 +123,12 @@ class RoutingSettings(_Strict):
 
 #: The dashboard's panels, by the name used in `dashboard.layout`.
 PANEL_NAMES: tuple[str, ...] = (
-    "status", "deployments", "traffic", "comparison", "routing", "gpus", "machine",
+    "status", "deployments", "traffic", "comparison", "requests", "routing", "gpus", "machine",
 )
 
 
 def _default_layout() -> list[str | list[str]]:
-    return ["status", "deployments", "traffic", "comparison", "gpus", "machine"]
+    return ["status", "deployments", "traffic", "comparison", "requests", "gpus", "machine"]
 
 
 class DashboardSettings(_Strict):

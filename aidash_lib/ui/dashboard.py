@@ -39,6 +39,7 @@ from aidash_lib.ui.common import latest_deployments, shared_reads
 from aidash_lib.ui.comparison import ComparisonPanel
 from aidash_lib.ui.deployments import DeploymentsPanel
 from aidash_lib.ui.gpus import GpuPanel
+from aidash_lib.ui.inspector import RequestInspector
 from aidash_lib.ui.machine import MachinePanel
 from aidash_lib.ui.routing_panel import RoutingPanel
 from aidash_lib.ui.status import StatusPanel
@@ -63,6 +64,7 @@ PANEL_CLASSES: dict[str, Callable[[History, Settings], PanelBase]] = {
     "deployments": DeploymentsPanel,
     "traffic": TrafficPanel,
     "comparison": ComparisonPanel,
+    "requests": RequestInspector,
     "routing": _routing_panel,
     "gpus": GpuPanel,
     "machine": MachinePanel,
@@ -98,7 +100,8 @@ class LiveOptions:
 
 
 def view_from_query_string(query: str | None, default_range: str = "1h") -> DashboardView:
-    """The view a page URL's query string asks for (`range`, `model`, `provider`); anything
+    """The view a page URL's query string asks for (`range`, `model`, `provider`,
+    `deployment`); anything
     else (a token, Voila's own parameters) is ignored."""
     params = {k: v[0] for k, v in parse_qs(query or "", keep_blank_values=False).items() if v}
     params.setdefault("range", default_range)
@@ -194,6 +197,9 @@ class Dashboard(widgets.VBox):
             raise ValueError(f"unknown panel {name!r}: choose from {', '.join(PANEL_CLASSES)}")
         panel = PANEL_CLASSES[name](self.history, self.settings)
         panel.view = self._view
+        panel.add_class(f"aidash-{name}")  # every panel findable by its layout name
+        if not self.live.live:
+            panel.stop()  # a panel with a feed of its own (the inspector) follows the page's loop
         self.panels[name] = panel
         return panel
 

@@ -178,6 +178,7 @@ class DeploymentsPanel(PanelBase):
         self.has_records = False
         self._syncing = False
         self.select.observe(self._selected, names="value")
+        self._linked: str | None = None
 
     def _ensure_detail(self) -> list[widgets.Widget]:
         """The detail's widgets, made on the first selection (charts drawn while hidden would
@@ -214,6 +215,8 @@ class DeploymentsPanel(PanelBase):
             (r.info.deployment_id, r.info.deployment_id) for r in rows
         ]
         current = self.select.value
+        if not current and view.deployment and view.deployment != self._linked:
+            current = self._linked = view.deployment  # a link opens that deployment, once
         if current and current not in {v for _, v in options}:
             options.append((f"{current} (not in this view)", current))
         if list(self.select.options) != options:

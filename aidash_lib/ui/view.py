@@ -2,7 +2,8 @@
 
 Panels are ipywidgets containers with one coroutine, `refresh(view)`, that reads the store for
 that view and updates the widgets (`Panel` protocol). The dashboard owns one `DashboardView`;
-the range picker, the filters and the page's URL (`?range=1h&model=gpt-4o-mini&provider=openai`)
+the range picker, the filters and the page's URL (`?range=1h&model=gpt-4o-mini&provider=openai`,
+`&deployment=ID` to open one deployment's detail)
 change it, and every panel is refreshed with the new one.
 """
 
@@ -28,6 +29,7 @@ class DashboardView:
     model_group: str | None = None
     provider: str | None = None
     end_s: float | None = None  # None: now (live)
+    deployment: str | None = None  # a deployment to open in detail (links from the inspector)
 
     def __post_init__(self) -> None:
         if self.range_name not in RANGES_S:
@@ -55,6 +57,7 @@ class DashboardView:
             range_name=range_name,
             model_group=query.get("model") or None,
             provider=query.get("provider") or None,
+            deployment=query.get("deployment") or None,
         )
 
     def to_query(self) -> dict[str, str]:
@@ -63,6 +66,8 @@ class DashboardView:
             query["model"] = self.model_group
         if self.provider:
             query["provider"] = self.provider
+        if self.deployment:
+            query["deployment"] = self.deployment
         return query
 
 

@@ -72,4 +72,4 @@ def test_runs_to_the_end_with_every_panel_refreshed(
     assert len(widget_views) == 1  # the dashboard, and nothing else shown
     printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert printed.strip() == str(dict.fromkeys(
-        ["status", "deployments", "traffic", "comparison", "gpus", "machine"]))
+        ["status", "deployments", "traffic", "comparison", "requests", "gpus", "machine"]))

@@ -80,7 +80,7 @@ def test_the_layout_decides_the_panels_and_their_order(store: Path) -> None:
     assert dashboard.children[2] is dashboard.panels["status"]
     classes = {name: p._dom_classes for name, p in Dashboard(settings_for(store)).panels.items()}
     assert {name: f"aidash-{name}" in c for name, c in classes.items()} == dict.fromkeys(
-        ["status", "deployments", "traffic", "comparison", "gpus", "machine"], True)
+        ["status", "deployments", "traffic", "comparison", "requests", "gpus", "machine"], True)
 
 
 async def test_from_environment_reads_the_url_and_test_mode(store: Path) -> None:
@@ -186,3 +186,21 @@ def test_the_routing_picture_is_a_panel_a_layout_can_name(tmp_path) -> None:
     settings = Settings.model_validate({"dashboard": {"layout": ["status", ["routing"]]}})
     dashboard = Dashboard(settings=settings, history=SqliteHistory(tmp_path / "h.sqlite"))
     assert isinstance(dashboard.panels["routing"], RoutingPanel)
+
+
+def test_the_request_inspector_is_on_the_default_dashboard(tmp_path) -> None:
+    from aidash_lib.settings import Settings
+    from aidash_lib.store.sqlite import SqliteHistory
+    from aidash_lib.ui.dashboard import Dashboard
+    from aidash_lib.ui.inspector import RequestInspector
+
+    dashboard = Dashboard(settings=Settings(), history=SqliteHistory(tmp_path / "h.sqlite"))
+    assert isinstance(dashboard.panels["requests"], RequestInspector)
+
+
+def test_a_link_can_open_one_deployment() -> None:
+    from aidash_lib.ui.dashboard import view_from_query_string
+
+    view = view_from_query_string("deployment=gpt-4o-mini-b&range=15m&token=x")
+    assert view.deployment == "gpt-4o-mini-b" and view.range_name == "15m"
+    assert view.to_query() == {"range": "15m", "deployment": "gpt-4o-mini-b"}
