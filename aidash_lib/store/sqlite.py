@@ -1004,21 +1004,11 @@ class SqliteHistory:
             self._duck = duckdb.connect(config={"threads": max(os.cpu_count() or 1, 1)})
         return self._duck
 
-    def _duck_query(
-        self,
-        sql: str,
-        params: dict[str, Any],
-        columns: Sequence[str],
-        start_s: float,
-        end_s: float,
-    ) -> pa.Table:
-        """Run `sql` (its `{source}` being the request rows: segments and head) in DuckDB."""
-        import duckdb
-
-        from aidash_lib.store.segments import rows_to_table
-
-        names = list(dict.fromkeys(columns))
-        select = ", ".join(names)
+    def _request_rows(
+        self, select: str, start_s: float, end_s: float
+    ) -> tuple[list[str], list[tuple]]:
+        """The segment files overlapping the window and the head's rows in it, read in one
+        SQLite transaction: one consistent view of the store."""
 
         def read(conn: sqlite3.Connection) -> tuple[list[str], list[tuple]]:
             files = [
@@ -1035,8 +1025,26 @@ class SqliteHistory:
             ).fetchall()
             return files, head
 
+        return self._sqlite_read(read)
+
+    def _duck_query(
+        self,
+        sql: str,
+        params: dict[str, Any],
+        columns: Sequence[str],
+        start_s: float,
+        end_s: float,
+    ) -> pa.Table:
+        """Run `sql` (its `{source}` being the request rows: segments and head) in DuckDB."""
+        import duckdb
+
+        from aidash_lib.store.segments import rows_to_table
+
+        names = list(dict.fromkeys(columns))
+        select = ", ".join(names)
+
         for attempt in range(self.READ_RETRIES):
-            files, head_rows = self._sqlite_read(read)
+            files, head_rows = self._request_rows(select, start_s, end_s)
             head = rows_to_table(head_rows, names)
             source = f"SELECT {select} FROM head"
             query_params = dict(params)
@@ -1101,23 +1109,8 @@ class SqliteHistory:
         start_s, end_s = window(start, end)
         select = ", ".join(SEGMENT_COLUMNS)
 
-        def read(conn: sqlite3.Connection) -> tuple[list[str], list[tuple]]:
-            files = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT file FROM segments WHERE kind = 'requests' AND end_s >= ? "
-                    "AND start_s <= ? ORDER BY start_s",
-                    (start_s, end_s),
-                )
-            ]
-            head = conn.execute(
-                f"SELECT {select} FROM requests WHERE started_s >= ? AND started_s <= ?",
-                (start_s, end_s),
-            ).fetchall()
-            return files, head
-
         for attempt in range(self.READ_RETRIES):
-            files, head_rows = self._sqlite_read(read)
+            files, head_rows = self._request_rows(select, start_s, end_s)
             source = f"SELECT {select} FROM aidash_request_head"
             paths = [str(self.segments_dir / name) for name in files]
             if paths:
