@@ -12,17 +12,13 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-import httpx
-
 from aidash_lib.sources.base import (
-    DEFAULT_TIMEOUT,
     Fault,
     FaultKind,
+    PrometheusStyleServer,
     Reading,
-    ServerStatus,
     http_get_json,
     malformed,
-    server_ready,
 )
 
 
@@ -60,25 +56,11 @@ class Alert:
         return bool(self.inhibited_by)
 
 
-class AlertmanagerSource:
+class AlertmanagerSource(PrometheusStyleServer):
     """Reads one Alertmanager through `/-/ready` and `/api/v2/alerts`."""
 
     source = "alertmanager"
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str,
-        *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-    ) -> None:
-        self.client = client
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-
-    async def ready(self) -> Reading[ServerStatus]:
-        """Whether Alertmanager is ready (`/-/ready`, which answers `OK`)."""
-        return await server_ready(self.client, self.source, self.base_url, self.timeout)
 
     async def active_alerts(
         self,

@@ -236,6 +236,28 @@ async def server_ready(
     return Reading.success(source, ServerStatus(True, message, url), started)
 
 
+class PrometheusStyleServer:
+    """A server of the Prometheus family (Prometheus, Alertmanager): a base URL, a client, a
+    timeout, and `/-/ready`."""
+
+    source = "server"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    async def ready(self) -> Reading[ServerStatus]:
+        """Whether the server says it is ready (`/-/ready`)."""
+        return await server_ready(self.client, self.source, self.base_url, self.timeout)
+
+
 def malformed(url: str | None, what: str) -> Fault:
     """A fault for a payload that parsed but does not have the expected shape."""
     return Fault(FaultKind.MALFORMED, what, url=url)

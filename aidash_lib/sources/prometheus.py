@@ -14,19 +14,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 
 from aidash_lib.sources.base import (
-    DEFAULT_TIMEOUT,
     Fault,
     FaultKind,
+    PrometheusStyleServer,
     Reading,
-    ServerStatus,
     http_get_json,
     malformed,
-    server_ready,
 )
 
 #: Prometheus refuses a range query whose (end - start) / step exceeds this.
@@ -79,7 +76,7 @@ def choose_step(start: TimeLike, end: TimeLike, points: int) -> float:
     return step_s
 
 
-class PrometheusSource:
+class PrometheusSource(PrometheusStyleServer):
     """Reads one Prometheus server through its HTTP API (`/-/ready`, `/api/v1/query[_range]`).
 
     Query frames have these columns, in this order:
@@ -98,20 +95,6 @@ class PrometheusSource:
 
     source = "prometheus"
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str,
-        *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-    ) -> None:
-        self.client = client
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-
-    async def ready(self) -> Reading[ServerStatus]:
-        """Whether Prometheus is ready to serve queries (`/-/ready`)."""
-        return await server_ready(self.client, self.source, self.base_url, self.timeout)
 
     async def query(self, promql: str, at: TimeLike | None = None) -> Reading[pd.DataFrame]:
         """An instant query, evaluated at `at` (epoch seconds or datetime; default: now).
