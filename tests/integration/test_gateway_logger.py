@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,10 @@ def test_percentiles_agree_with_the_gateway_histograms(
     mix: MixResult, litellm_logged_gateway: LoggedGateway,
 ) -> None:
     """Exact P50/P95 of the records' latency per served group versus histogram_quantile over
-    `litellm_request_total_latency_metric`: equal counts, and within the bucket's width."""
+    `litellm_request_total_latency_metric`: equal counts, and the exact value in the estimate's
+    bucket or the one next to it. The proxy observes its histogram a little after the logging
+    object's end time (after its post-call hooks), so a tail quantile can cross one bucket
+    boundary, never more."""
     gateway, store = litellm_logged_gateway.gateway, litellm_logged_gateway.store_path
     gateway.chat(40, model="gpt-4o-mini")
     gateway.chat(20, model="claude-haiku")
@@ -259,9 +263,9 @@ def test_percentiles_agree_with_the_gateway_histograms(
             estimate = buckets.quantile(q)
             exact = float(latencies.quantile(q))
             assert estimate is not None
-            lower = max((le for le, _ in buckets.buckets if le < estimate), default=0.0)
-            upper = min(le for le, _ in buckets.buckets if le >= estimate)
-            assert abs(exact - estimate) <= upper - lower, (group, q, exact, estimate)
+            bounds = [le for le, _ in buckets.buckets]
+            assert abs(bisect_left(bounds, exact) - bisect_left(bounds, estimate)) <= 1, (
+                group, q, exact, estimate)
 
 
 def test_gateway_keeps_serving_when_the_store_is_unwritable(
