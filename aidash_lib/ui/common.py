@@ -35,6 +35,10 @@ _SHARED: contextvars.ContextVar[dict[tuple[Any, ...], asyncio.Future[Any]] | Non
 )
 
 
+#: How old the last process list (machine or GPU) may be and still be shown.
+PROCESSES_MAX_AGE_S = 900.0
+
+
 @contextlib.contextmanager
 def shared_reads() -> Iterator[None]:
     """Within this block (and the tasks started in it), the reads below are made once."""

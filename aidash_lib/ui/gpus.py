@@ -31,7 +31,7 @@ from aidash_lib.ui.base import (
     values_table,
 )
 from aidash_lib.ui.charts import TimeSeriesChart, series_step
-from aidash_lib.ui.common import last_values, open_faults
+from aidash_lib.ui.common import PROCESSES_MAX_AGE_S, last_values, open_faults
 from aidash_lib.ui.traffic import chart_row
 from aidash_lib.ui.view import DashboardView
 
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from aidash_lib.settings import Settings
     from aidash_lib.store.history import History
 
-#: How far back the last process list may be to be shown.
-PROCESSES_MAX_AGE_S = 900.0
 
 
 def no_gpu_line(reason: str | None) -> str:

@@ -33,7 +33,7 @@ from aidash_lib.ui.base import (
     values_table,
 )
 from aidash_lib.ui.charts import TimeSeriesChart
-from aidash_lib.ui.common import last_value, last_values, open_faults
+from aidash_lib.ui.common import PROCESSES_MAX_AGE_S, last_value, last_values, open_faults
 from aidash_lib.ui.traffic import chart_row
 from aidash_lib.ui.view import DashboardView
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from aidash_lib.settings import Settings
     from aidash_lib.store.history import History
 
-PROCESSES_MAX_AGE_S = 900.0
 TOP_ROWS = 8
 
 
