@@ -44,6 +44,9 @@ DASHBOARD_NOTEBOOK = NOTEBOOKS / "dashboard.ipynb"
 DEFAULT_PORT = 8866
 CULL_IDLE_S = 600
 CULL_INTERVAL_S = 60
+#: A preheated kernel taken by a page is replaced this long after: not while that page loads,
+#: which a second kernel running the notebook on the same cores would slow down.
+PREHEAT_REFILL_S = 20
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 #: A recorder that exits is started again after this long (unless another one took the store).
@@ -94,9 +97,14 @@ def voila_launch(
     host: str = "127.0.0.1",
     token: str | None = None,
     python: str = sys.executable,
+    preheated_kernels: int = 0,
     extra: Sequence[str] = (),
 ) -> VoilaLaunch:
     """The Voilà command line for the dashboard at the server's root URL.
+
+    With `preheated_kernels` > 0, Voilà keeps that many kernels that have already run the
+    notebook (`--preheat_kernel`), refilled `PREHEAT_REFILL_S` after a page takes one; see
+    `aidash_lib.ui.voila_page`.
 
     With a token (always, off loopback) the command asks Voilà to require one
     (`--Voila.auto_token=True`); the value itself is given through `voila_environment`.
@@ -113,6 +121,9 @@ def voila_launch(
     ]
     if token:
         argv.append("--Voila.auto_token=True")
+    if preheated_kernels > 0:
+        argv += ["--preheat_kernel=True", f"--pool_size={int(preheated_kernels)}",
+                 f"--VoilaKernelManager.fill_delay={PREHEAT_REFILL_S}"]
     argv.extend(extra)
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}/" + (f"?token={token}" if token else "")
@@ -248,8 +259,9 @@ class DashboardServer:
         self.environ = dict(os.environ if environ is None else environ)
         self.popen = popen
         self.out = out if out is not None else sys.stderr
-        self.launch = voila_launch(notebook, port=port, host=host, python=python,
-                                   extra=voila_extra)
+        self.launch = voila_launch(
+            notebook, port=port, host=host, python=python,
+            preheated_kernels=settings.dashboard.preheated_kernels, extra=voila_extra)
         self.recorder: subprocess.Popen | None = None
         self.voila: subprocess.Popen | None = None
         self._private_dir: Path | None = None

@@ -11,7 +11,8 @@ Stable CSS classes (for the browser tests): the panel root `aidash-panel` plus i
 (`aidash-traffic`, ...); `aidash-title`, `aidash-updated`, `aidash-loading`, `aidash-error`;
 `aidash-has-data` on the root once a refresh succeeded, `aidash-has-error` while the error line
 shows. Values a test may read are in HTML tables of class `aidash-values`, one cell per value
-with `data-key` and `data-value` attributes.
+with `data-key` and `data-value` attributes. `aidash-hidden` hides a widget (see
+`aidash_lib.ui.shared_models`: layouts are shared, so nothing is hidden through them).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import ipywidgets as widgets
 
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.view import DashboardView
 
 if TYPE_CHECKING:
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Styles of the panels; every panel carries them so that it looks right on its own too.
 STYLE = """<style>
+.aidash-hidden { display: none !important; }
+.aidash-panel { contain: layout style; }
+.aidash-chart { contain: layout style paint; }
 .aidash-panel { border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 10px;
   margin: 4px; background: #fff; }
 .aidash-panel .aidash-title b { font-size: 15px; }
@@ -301,12 +306,6 @@ def background(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
     return task
 
 
-def _hidden(widget: widgets.DOMWidget, hidden: bool) -> None:
-    display = "none" if hidden else ""
-    if widget.layout.display != display:
-        widget.layout.display = display
-
-
 class PanelBase(widgets.VBox):
     """A dashboard panel (the `Panel` protocol of `aidash_lib.ui.view`): a widget that reads the
     store for a `DashboardView` in `refresh(view)`.
@@ -347,18 +346,14 @@ class PanelBase(widgets.VBox):
         self._refreshed_view: DashboardView | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._title = widgets.HTML(
-            f'{STYLE}<b>{esc(title or self.title)}</b>').add_class("aidash-title")
-        self._updated = widgets.HTML("").add_class("aidash-updated")
-        self._loading = widgets.HTML("loading…").add_class("aidash-loading")
-        self._error = widgets.HTML("").add_class("aidash-error")
-        _hidden(self._error, True)
-        header = widgets.HBox(
-            [self._title, self._loading, self._updated],
-            layout=widgets.Layout(justify_content="space-between", align_items="baseline"),
-        )
-        self.body = widgets.VBox()
-        super().__init__([header, self._error, self.body])
+        self._title = shared.html(f"{STYLE}<b>{esc(title or self.title)}</b>", "aidash-title")
+        self._updated = shared.html("", "aidash-updated")
+        self._loading = shared.html("loading…", "aidash-loading")
+        self._error = shared.html("", "aidash-error", shared.HIDDEN)
+        header = shared.hbox([self._title, self._loading, self._updated],
+                             justify_content="space-between", align_items="baseline")
+        self.body = shared.vbox()
+        super().__init__([header, self._error, self.body], layout=shared.layout())
         self.add_class("aidash-panel")
         self.add_class(self.css_class)
 
@@ -392,7 +387,7 @@ class PanelBase(widgets.VBox):
             new_view = view != self._refreshed_view
             self.view = view
             if new_view:
-                _hidden(self._loading, False)
+                shared.set_hidden(self._loading, False)
             self._problems = []
             try:
                 await self._update(view)
@@ -410,7 +405,7 @@ class PanelBase(widgets.VBox):
             finally:
                 self.refreshes += 1
                 self.last_refresh_s = time.time()
-                _hidden(self._loading, True)
+                shared.set_hidden(self._loading, True)
                 self._updated.value = f"updated {fmt_clock(self.last_refresh_s)}"
 
     def _show_error(self, message: str | None) -> None:
@@ -419,11 +414,11 @@ class PanelBase(widgets.VBox):
             text = f"⚠ {esc(message)}"
             if self._error.value != text:
                 self._error.value = text
-            _hidden(self._error, False)
+            shared.set_hidden(self._error, False)
             if "aidash-has-error" not in self._dom_classes:
                 self.add_class("aidash-has-error")
         else:
-            _hidden(self._error, True)
+            shared.set_hidden(self._error, True)
             if "aidash-has-error" in self._dom_classes:
                 self.remove_class("aidash-has-error")
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from aidash_lib.analysis import downsample
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import esc
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class TimeSeriesChart(widgets.VBox):
         self.threshold_lines: list[bq.Lines] = []
         marks: list[bq.Mark] = [self.lines]
         # The figure's own 0..1 x scale: threshold lines span the plot whatever the dates.
-        unit_scale = bq.LinearScale(min=0.0, max=1.0, allow_padding=False)
+        unit_scale = shared.constant("unit-scale", _unit_scale)
         if threshold is not None:
             for value, colour in ((threshold.warn, WARN_COLOUR),
                                   (threshold.critical, CRITICAL_COLOUR)):
@@ -187,14 +188,15 @@ class TimeSeriesChart(widgets.VBox):
         self.y_axis = y_axis
         self.figure = bq.Figure(
             marks=marks, axes=[x_axis, y_axis], title=title, scale_x=unit_scale,
+            scale_y=unit_scale,
             fig_margin={"top": 30, "bottom": 28, "left": 58, "right": 12},
-            layout=widgets.Layout(width=f"{self.width_px}px", height=f"{int(height_px)}px"),
+            layout=shared.layout(width=f"{self.width_px}px", height=f"{int(height_px)}px"),
             min_aspect_ratio=0.01, max_aspect_ratio=100, animation_duration=0, padding_y=0.0,
             title_style={"font-size": "13px"},
         )
-        self.legend = widgets.HTML("").add_class("aidash-legend")
+        self.legend = shared.html("", "aidash-legend")
         super().__init__([self.figure, self.legend],
-                         layout=widgets.Layout(width=f"{self.width_px + 8}px"))
+                         layout=shared.layout(width=f"{self.width_px + 8}px"))
         self.add_class("aidash-chart")
         if css:
             self.add_class(css)
@@ -307,6 +309,10 @@ class TimeSeriesChart(widgets.VBox):
         text = " ".join(items)
         if self.legend.value != text:
             self.legend.value = text
+
+
+def _unit_scale() -> bq.LinearScale:
+    return bq.LinearScale(min=0.0, max=1.0, allow_padding=False)
 
 
 def _thin(times: np.ndarray, values: np.ndarray, points: int) -> np.ndarray:

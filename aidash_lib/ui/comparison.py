@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as widgets
 import pandas as pd
 
 from aidash_lib.analysis import provider_comparison
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import (
     Cell,
     PanelBase,
@@ -92,8 +92,8 @@ class ComparisonPanel(PanelBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(history, settings, **kwargs)
-        self.table = widgets.HTML("").add_class("aidash-comparison-table")
-        self.source = widgets.HTML("").add_class("aidash-comparison-source")
+        self.table = shared.html("", "aidash-comparison-table")
+        self.source = shared.html("", "aidash-comparison-source")
         self.body.children = [self.table, self.source]
         self.frame: pd.DataFrame = pd.DataFrame()
 

@@ -10,12 +10,19 @@ the test-mode parameters:
 - `AIDASH_MAX_TICKS=N`: stop the loop after N refreshes (0, the default: never);
 - `AIDASH_TICK_S=S`: seconds between refreshes (default `dashboard.refresh_s`).
 
+The notebook builds the dashboard, `await dashboard.prepare()` (in a kernel Voilà preheats: the
+first read of the store, before any page asks), then `await dashboard.run_for_page()` (the view
+of the page's URL, waited for in a preheated kernel, then the live loop): see
+`aidash_lib.ui.voila_page`.
+
 Stable CSS classes: the root `aidash-dashboard`; `aidash-range`, `aidash-filter-model`,
 `aidash-filter-provider` (Dropdowns: `.aidash-range select`; ipywidgets renders an option's
 label as its value, so the labels are what a test selects: the range's are its URL names
 `15m` ... `7d`, the filters' the group and provider names, "all model groups" and
 "all providers" for no filter); `aidash-view` (an HTML span with
-`data-range`, `data-model`, `data-provider`, `data-ticks`); `aidash-link` (the link to share
+`data-range`, `data-model`, `data-provider`, `data-ticks`, `data-refresh-started`: when the
+last completed refresh began, in epoch seconds, and `data-preheated`: 1 in a kernel Voilà
+preheated); `aidash-link` (the link to share
 this view); `aidash-settings-error` when the settings cannot be read; each panel's own class
 (see `aidash_lib.ui.base`).
 """
@@ -33,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
 import ipywidgets as widgets
+from ipywidgets.widgets.widget_description import DescriptionStyle
 
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import STYLE, PanelBase, background, esc, fmt_clock, mask_secrets
 from aidash_lib.ui.common import latest_deployments, shared_reads
 from aidash_lib.ui.comparison import ComparisonPanel
@@ -45,6 +54,7 @@ from aidash_lib.ui.routing_panel import RoutingPanel
 from aidash_lib.ui.status import StatusPanel
 from aidash_lib.ui.traffic import TrafficPanel
 from aidash_lib.ui.view import RANGES_S, DashboardView
+from aidash_lib.ui.voila_page import page_query_string, preheated
 
 if TYPE_CHECKING:
     from aidash_lib.settings import Settings
@@ -139,6 +149,7 @@ class Dashboard(widgets.VBox):
         self._view = view or DashboardView(range_name=settings.dashboard.default_range)
         self.ticks = 0
         self.last_refresh_s: float | None = None
+        self.refresh_started_s: float | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._first = asyncio.Event()
@@ -146,35 +157,36 @@ class Dashboard(widgets.VBox):
 
         self.range = widgets.Dropdown(
             options=[(k, k) for k in RANGES_S], value=self._view.range_name,
-            description="Last", layout=widgets.Layout(width="150px"),
+            description="Last", layout=shared.layout(width="150px"),
+            style=shared.style(DescriptionStyle, description_width="60px"),
         ).add_class("aidash-range")
         self.model = widgets.Dropdown(
             options=self._options([], self._view.model_group, "all model groups"),
             value=self._view.model_group or ALL, description="Model",
-            layout=widgets.Layout(width="300px"),
+            layout=shared.layout(width="300px"),
+            style=shared.style(DescriptionStyle, description_width="60px"),
         ).add_class("aidash-filter-model")
         self.provider = widgets.Dropdown(
             options=self._options([], self._view.provider, "all providers"),
             value=self._view.provider or ALL, description="Provider",
-            layout=widgets.Layout(width="260px"),
+            layout=shared.layout(width="260px"),
+            style=shared.style(DescriptionStyle, description_width="60px"),
         ).add_class("aidash-filter-provider")
         for control in (self.range, self.model, self.provider):
-            control.style.description_width = "60px"
             control.observe(self._control_changed, names="value")
-        self.view_marker = widgets.HTML("").add_class("aidash-view")
-        self.link = widgets.HTML("").add_class("aidash-link")
-        title = widgets.HTML(
+        self.view_marker = shared.html("", "aidash-view")
+        self.link = shared.html("", "aidash-link")
+        title = shared.html(
             f"{STYLE}<b style='font-size:18px'>aidash</b> "
             f"<span class='aidash-note'>gateway {esc(settings.gateway.url)} · store "
-            f"{esc(settings.store_path)}</span>").add_class("aidash-header-title")
-        header = widgets.HBox(
+            f"{esc(settings.store_path)}</span>", "aidash-header-title")
+        header = shared.hbox(
             [title, self.range, self.model, self.provider, self.link, self.view_marker],
-            layout=widgets.Layout(align_items="center", flex_flow="row wrap"),
-        ).add_class("aidash-header")
+            "aidash-header", align_items="center", flex_flow="row wrap")
         children: list[widgets.Widget] = [header]
         if settings_error:
-            children.append(widgets.HTML(f"⚠ {esc(settings_error)}").add_class(
-                "aidash-settings-error").add_class("aidash-error"))
+            children.append(shared.html(f"⚠ {esc(settings_error)}", "aidash-settings-error",
+                                        "aidash-error"))
         self.panels: dict[str, PanelBase] = {}
         layout = settings.dashboard.layout if panels is None else list(panels)
         for row in layout:
@@ -184,11 +196,9 @@ class Dashboard(widgets.VBox):
                 children.append(built[0])
             else:
                 for panel in built:
-                    panel.layout.flex = "1 1 0"
-                    panel.layout.min_width = "0"
-                children.append(widgets.HBox(built, layout=widgets.Layout(
-                    width="100%", align_items="stretch")))
-        super().__init__(children)
+                    panel.layout = shared.layout(flex="1 1 0", min_width="0")
+                children.append(shared.hbox(built, width="100%", align_items="stretch"))
+        super().__init__(children, layout=shared.layout())
         self.add_class("aidash-dashboard")
         self._show_view()
 
@@ -233,8 +243,9 @@ class Dashboard(widgets.VBox):
     def view(self) -> DashboardView:
         return self._view
 
-    def set_view(self, view: DashboardView) -> None:
-        """Show another view (the controls follow) and refresh every panel for it."""
+    def set_view(self, view: DashboardView, *, refresh: bool = True) -> None:
+        """Show another view (the controls follow) and refresh every panel for it (unless
+        `refresh=False`: the next refresh will)."""
         self._view = view
         self._syncing = True
         try:
@@ -246,7 +257,8 @@ class Dashboard(widgets.VBox):
         finally:
             self._syncing = False
         self._show_view()
-        self._schedule_refresh()
+        if refresh:
+            self._schedule_refresh()
 
     def _control_changed(self, change: dict[str, Any]) -> None:
         if self._syncing:
@@ -269,7 +281,9 @@ class Dashboard(widgets.VBox):
         self.view_marker.value = (
             f'<span class="aidash-note" data-range="{esc(view.range_name)}" '
             f'data-model="{esc(view.model_group or "")}" '
-            f'data-provider="{esc(view.provider or "")}" data-ticks="{self.ticks}">'
+            f'data-provider="{esc(view.provider or "")}" data-ticks="{self.ticks}" '
+            f'data-refresh-started="{self.refresh_started_s or 0:.3f}" '
+            f'data-preheated="{int(preheated())}">'
             f"updated {esc(fmt_clock(self.last_refresh_s))}</span>"
         )
 
@@ -319,6 +333,7 @@ class Dashboard(widgets.VBox):
         """Refresh every panel for the current view (concurrently; each shows its own error)."""
         async with self._lock:
             view = self._view
+            started = time.time()
             with shared_reads():
                 await asyncio.gather(
                     self._update_filters(),
@@ -327,9 +342,34 @@ class Dashboard(widgets.VBox):
                     return_exceptions=True,
                 )
             self.ticks += 1
+            self.refresh_started_s = started
             self.last_refresh_s = time.time()
             self._show_view()
             self._first.set()
+
+    async def prepare(self) -> None:
+        """In a kernel Voilà preheats, read the store once now, before any page asks: the
+        page is then served with its panels built and filled, and its first refresh only
+        updates them. Elsewhere nothing: the live loop's first tick reads the store while
+        the page loads."""
+        if preheated():
+            await self.refresh()
+
+    def start_for_page(self) -> asyncio.Task[None]:
+        """Take the view of the page's URL, then `start()` the live loop. A preheated kernel
+        first waits for its page to be requested (its URL is known only then)."""
+        if preheated():
+            query = page_query_string()
+            self.set_view(view_from_query_string(query, self.settings.dashboard.default_range),
+                          refresh=False)
+        return self.start()
+
+    async def run_for_page(self) -> None:
+        """`start_for_page()`, then `settle()`: what the notebook's last cell awaits. Live, it
+        returns at once, so Voilà finishes the page before the first refresh takes the
+        kernel's time; in test mode it returns when the bounded loop has ended."""
+        self.start_for_page()
+        await self.settle()
 
     def start(self) -> asyncio.Task[None]:
         """Refresh now and then every tick, as a task on the running loop; with

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 import pandas as pd
 
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import (
     Cell,
     PanelBase,
@@ -163,15 +164,15 @@ class DeploymentsPanel(PanelBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(history, settings, **kwargs)
-        self.table = widgets.HTML("").add_class("aidash-deployments-table")
+        self.table = shared.html("", "aidash-deployments-table")
         self.select = widgets.Dropdown(
             options=[("— select a deployment for its detail —", "")], value="",
-            description="Detail:", layout=widgets.Layout(width="480px"),
+            description="Detail:", layout=shared.layout(width="480px"),
         ).add_class("aidash-deployment-select")
-        self.detail_info = widgets.HTML("").add_class("aidash-deployment-info")
-        self.detail_errors = widgets.HTML("").add_class("aidash-deployment-errors")
-        self.detail_fallbacks = widgets.HTML("").add_class("aidash-deployment-fallbacks")
-        self.detail = widgets.VBox([]).add_class("aidash-deployment-detail")
+        self.detail_info = shared.html("", "aidash-deployment-info")
+        self.detail_errors = shared.html("", "aidash-deployment-errors")
+        self.detail_fallbacks = shared.html("", "aidash-deployment-fallbacks")
+        self.detail = shared.vbox([], "aidash-deployment-detail")
         self._detail_children: list[widgets.Widget] = []
         self.body.children = [self.table, self.select, self.detail]
         self.rows: list[DeploymentRow] = []
@@ -192,7 +193,7 @@ class DeploymentsPanel(PanelBase):
             self.traffic = TimeSeriesChart("Traffic", unit="/min",
                                            css="aidash-chart-deployment-traffic", **size)
             self._detail_children = [
-                self.detail_info, widgets.HBox([self.detail_fallbacks, self.detail_errors]),
+                self.detail_info, shared.hbox([self.detail_fallbacks, self.detail_errors]),
                 chart_row([self.latency, self.traffic]),
             ]
         return self._detail_children

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 import pandas as pd
 
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import (
     PanelBase,
     esc,
@@ -82,9 +83,9 @@ class GpuPanel(PanelBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(history, settings, **kwargs)
-        self.nogpu = widgets.HTML("").add_class("aidash-nogpu")
-        self.summary = widgets.HTML("").add_class("aidash-gpu-summary")
-        self.processes = widgets.HTML("").add_class("aidash-gpu-processes")
+        self.nogpu = shared.html("", "aidash-nogpu")
+        self.summary = shared.html("", "aidash-gpu-summary")
+        self.processes = shared.html("", "aidash-gpu-processes")
         self.charts: list[TimeSeriesChart] = []
         self.content: widgets.VBox | None = None
         self.body.children = []
@@ -109,7 +110,7 @@ class GpuPanel(PanelBase):
             css="aidash-chart-gpu-temperature", **size)
         self.power = TimeSeriesChart("GPU power", unit="W", css="aidash-chart-gpu-power", **size)
         self.charts = [self.utilization, self.memory, self.temperature, self.power]
-        self.content = widgets.VBox([self.summary, chart_row(self.charts), self.processes])
+        self.content = shared.vbox([self.summary, chart_row(self.charts), self.processes])
         return self.content
 
     def _show_gpu(self, present: bool) -> None:

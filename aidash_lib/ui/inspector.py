@@ -23,8 +23,9 @@ fallbacks, p50, p95, p99 with raw `data-value`); `aidash-inspector-pause` (toggl
 `aidash-inspector-live` (`data-live`), `aidash-inspector-prev`, `aidash-inspector-next`,
 `aidash-inspector-page` (`data-offset`, `data-total`), `aidash-inspector-csv` and
 `aidash-inspector-csv-link`; `aidash-inspector-table` holding `aidash-inspector-header` and
-one `aidash-inspector-row` per request (its `aidash-inspector-open` button shows the detail;
-its cells div carries `data-call-id`, `data-status`, `data-outcome`, and one span per column
+one `aidash-inspector-row` per request (`request_rows`: a click on the row, or on its
+`aidash-inspector-open` mark, shows the detail; its cells div carries `data-call-id`,
+`data-status`, `data-outcome`, and one span per column
 with `data-key` and `data-value`); `aidash-inspector-empty`; `aidash-inspector-detail` (with
 `aidash-inspector-close`, tables `aidash-inspector-attempts` and `aidash-inspector-fields`,
 links `aidash-inspector-deployment-link`).
@@ -45,6 +46,7 @@ from urllib.parse import quote
 import ipywidgets as widgets
 import pandas as pd
 
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import (
     PanelBase,
     background,
@@ -71,6 +73,7 @@ from aidash_lib.ui.inspector_data import (
     run_blocking,
     to_csv,
 )
+from aidash_lib.ui.request_rows import RequestRows, ShownRow
 from aidash_lib.ui.view import RANGES_S, DashboardView
 
 if TYPE_CHECKING:
@@ -95,10 +98,14 @@ STYLE = """<style>
   minmax(160px, 3fr); column-gap: 8px; }
 .aidash-inspector-grid > span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .aidash-inspector-header { font-weight: 600; color: #57606a; border-bottom: 1px solid #d0d7de;
-  padding-left: 34px; }
-.aidash-inspector-row { border-bottom: 1px solid #eaeef2; align-items: center; }
-.aidash-inspector-row .widget-html, .aidash-inspector-row .widget-html-content { width: 100%; }
-.aidash-inspector-open button, button.aidash-inspector-open { min-width: 26px; padding: 0 4px; }
+  padding-left: 30px; }
+.aidash-inspector-row { display: flex; align-items: center; border-bottom: 1px solid #eaeef2;
+  min-height: 26px; cursor: pointer; }
+.aidash-inspector-row:hover { background: #f6f8fa; }
+.aidash-inspector-row > .aidash-inspector-cells { flex: 1 1 0; min-width: 0; }
+.aidash-inspector-open { flex: 0 0 20px; margin-right: 10px; text-align: center;
+  font-size: 11px; color: #57606a; border: 1px solid #d0d7de; border-radius: 4px;
+  background: #f6f8fa; }
 .aidash-inspector-grid .num { text-align: right; }
 .aidash-inspector-grid .st-success { color: #1a7f37; }
 .aidash-inspector-grid .st-failure { color: #b42318; font-weight: 600; }
@@ -127,12 +134,6 @@ DETAIL_FIELDS: tuple[str, ...] = (
     "error_message", "attempted_fallbacks", "attempted_retries", "cache_hit", "stream",
     "call_type", "key_alias_hash", "is_health_check", "source",
 )
-
-
-def _hide(widget: widgets.DOMWidget, hidden: bool) -> None:
-    display = "none" if hidden else ""
-    if widget.layout.display != display:
-        widget.layout.display = display
 
 
 def _value(value: Any) -> Any:
@@ -335,34 +336,6 @@ def detail_html(attempts: pd.DataFrame, link_template: str, range_name: str) -> 
             f"field</b></summary>{fields_table}</details>")
 
 
-class _Row:
-    """One pooled table row: a button to open the detail and the cells."""
-
-    def __init__(self, on_open: Any) -> None:
-        self.call_id: str | None = None
-        self.started_s: float | None = None
-        self.button = widgets.Button(
-            description="", icon="search", tooltip="details of this request",
-            layout=widgets.Layout(width="28px", height="24px"),
-        ).add_class("aidash-inspector-open")
-        self.cells = widgets.HTML("", layout=widgets.Layout(width="100%"))
-        self.box = widgets.HBox([self.button, self.cells]).add_class("aidash-inspector-row")
-        self.button.on_click(lambda _: on_open(self))
-        _hide(self.box, True)
-
-    def show(self, row: Any | None) -> None:
-        if row is None:
-            self.call_id = self.started_s = None
-            _hide(self.box, True)
-            return
-        self.call_id = str(row.call_id)
-        self.started_s = _value(row.started)
-        html = row_html(row)
-        if self.cells.value != html:
-            self.cells.value = html
-        _hide(self.box, False)
-
-
 class RequestInspector(PanelBase):
     """Every request the gateway answered, live (see the module docstring).
 
@@ -434,8 +407,7 @@ class RequestInspector(PanelBase):
     def _build(self, range_name: str) -> None:
         def dropdown(css: str, options: list[tuple[str, str]], value: str,
                      width: str = "170px") -> widgets.Dropdown:
-            box = widgets.Dropdown(options=options, value=value,
-                                   layout=widgets.Layout(width=width))
+            box = widgets.Dropdown(options=options, value=value, layout=shared.layout(width=width))
             box.add_class(css)
             box.observe(self._on_filter, "value")
             return box
@@ -452,63 +424,62 @@ class RequestInspector(PanelBase):
             "aidash-inspector-filter-status", [(v, k) for k, v in STATUS_LABELS.items()], ALL)
         self.latency_box = widgets.BoundedFloatText(
             value=0.0, min=0.0, max=1e6, step=0.1, description="min latency s",
-            style={"description_width": "initial"}, layout=widgets.Layout(width="170px"))
+            style={"description_width": "initial"}, layout=shared.layout(width="170px"))
         self.latency_box.add_class("aidash-inspector-filter-latency")
         self.latency_box.observe(self._on_filter, "value")
         self.error_box = widgets.Text(
             value="", placeholder="text in the error", continuous_update=False,
-            layout=widgets.Layout(width="190px"))
+            layout=shared.layout(width="190px"))
         self.error_box.add_class("aidash-inspector-filter-error")
         self.error_box.observe(self._on_filter, "value")
         self.health_box = widgets.Checkbox(value=False, description="health checks",
-                                           indent=False, layout=widgets.Layout(width="auto"))
+                                           indent=False, layout=shared.layout(width="auto"))
         self.health_box.add_class("aidash-inspector-filter-health")
         self.health_box.observe(self._on_filter, "value")
-        filters = widgets.HBox([
+        filters = shared.hbox([
             self.range_box, self.group_box, self.deployment_box, self.provider_box,
             self.status_box, self.latency_box, self.error_box, self.health_box,
-        ]).add_class("aidash-inspector-filters")
+        ], "aidash-inspector-filters")
 
-        self.counts_html = widgets.HTML("").add_class("aidash-inspector-counts")
+        self.counts_html = shared.html("", "aidash-inspector-counts")
         self.pause_button = widgets.ToggleButton(
             value=False, description="Pause", icon="pause", tooltip="pause the live feed",
-            layout=widgets.Layout(width="100px")).add_class("aidash-inspector-pause")
+            layout=shared.layout(width="100px")).add_class("aidash-inspector-pause")
         self.pause_button.observe(self._on_pause, "value")
-        self.live_html = widgets.HTML("").add_class("aidash-inspector-live")
-        self.prev_button = widgets.Button(description="◀ newer", layout=widgets.Layout(
-            width="90px")).add_class("aidash-inspector-prev")
-        self.next_button = widgets.Button(description="older ▶", layout=widgets.Layout(
-            width="90px")).add_class("aidash-inspector-next")
+        self.live_html = shared.html("", "aidash-inspector-live")
+        self.prev_button = shared.button("aidash-inspector-prev", description="◀ newer",
+                                         layout_attrs={"width": "90px"})
+        self.next_button = shared.button("aidash-inspector-next", description="older ▶",
+                                         layout_attrs={"width": "90px"})
         self.prev_button.on_click(lambda _: self.go_to(self.offset - self.page_size))
         self.next_button.on_click(lambda _: self.go_to(self.offset + self.page_size))
-        self.page_html = widgets.HTML("").add_class("aidash-inspector-page")
-        self.csv_button = widgets.Button(description="CSV", icon="download",
-                                         tooltip="prepare a CSV of the filtered requests",
-                                         layout=widgets.Layout(width="80px"))
-        self.csv_button.add_class("aidash-inspector-csv")
+        self.page_html = shared.html("", "aidash-inspector-page")
+        self.csv_button = shared.button("aidash-inspector-csv", description="CSV",
+                                        icon="download",
+                                        tooltip="prepare a CSV of the filtered requests",
+                                        layout_attrs={"width": "80px"})
         self.csv_button.on_click(lambda _: background(self._csv_clicked()))
-        self.csv_html = widgets.HTML("").add_class("aidash-inspector-csv-link")
-        controls = widgets.HBox([
+        self.csv_html = shared.html("", "aidash-inspector-csv-link")
+        controls = shared.hbox([
             self.pause_button, self.live_html, self.prev_button, self.page_html,
             self.next_button, self.csv_button, self.csv_html,
-        ], layout=widgets.Layout(align_items="center")).add_class("aidash-inspector-controls")
+        ], "aidash-inspector-controls", align_items="center")
 
-        self.rows = [_Row(self._on_open) for _ in range(self.page_size)]
-        self.empty_html = widgets.HTML("").add_class("aidash-inspector-empty")
-        self.table = widgets.VBox(
-            [widgets.HTML(header_html()).add_class("aidash-inspector-header"),
-             *[r.box for r in self.rows], self.empty_html],
-        ).add_class("aidash-inspector-table")
+        self.table_rows = RequestRows()
+        self.table_rows.on_open(self._on_open)
+        self.empty_html = shared.html("", "aidash-inspector-empty")
+        self.table = shared.vbox(
+            [shared.html(header_html(), "aidash-inspector-header"),
+             self.table_rows, self.empty_html],
+            "aidash-inspector-table")
 
-        self.close_button = widgets.Button(description="close", icon="times",
-                                           layout=widgets.Layout(width="80px"))
-        self.close_button.add_class("aidash-inspector-close")
+        self.close_button = shared.button("aidash-inspector-close", description="close",
+                                          icon="times", layout_attrs={"width": "80px"})
         self.close_button.on_click(lambda _: self.close_detail())
-        self.detail_html = widgets.HTML("")
-        self.detail = widgets.VBox([self.close_button, self.detail_html]).add_class(
-            "aidash-inspector-detail")
-        _hide(self.detail, True)
-        self.body.children = [widgets.HTML(STYLE), filters, self.counts_html, controls,
+        self.detail_html = shared.html("")
+        self.detail = shared.vbox([self.close_button, self.detail_html],
+                                  "aidash-inspector-detail", shared.HIDDEN)
+        self.body.children = [shared.html(STYLE), filters, self.counts_html, controls,
                               self.table, self.detail]
         self._show_live()
 
@@ -813,12 +784,9 @@ class RequestInspector(PanelBase):
             self.counts_html.value = html
         frame = page.rows
         items = list(frame.itertuples(index=False))
-        for i, row in enumerate(self.rows):
-            row.show(items[i] if i < len(items) else None)
-            selected = row.call_id is not None and row.call_id == self.detail_call_id
-            if selected != ("aidash-inspector-selected" in row.box._dom_classes):
-                (row.box.add_class if selected else row.box.remove_class)(
-                    "aidash-inspector-selected")
+        self.table_rows.show(
+            [ShownRow(str(row.call_id), _value(row.started), row_html(row)) for row in items],
+            self.detail_call_id)
         first = page.offset + 1 if items else 0
         last = page.offset + len(items)
         self.page_html.value = (
@@ -845,9 +813,8 @@ class RequestInspector(PanelBase):
 
     # -- detail ------------------------------------------------------------------------------
 
-    def _on_open(self, row: _Row) -> None:
-        if row.call_id is not None:
-            background(self.show(row.call_id, row.started_s))
+    def _on_open(self, row: ShownRow) -> None:
+        background(self.show(row.call_id, row.started_s))
 
     async def show(self, call_id: str, around_s: float | None = None) -> pd.DataFrame:
         """Open the detail of one request; returns its attempts (oldest first)."""
@@ -858,12 +825,8 @@ class RequestInspector(PanelBase):
         self.detail_call_id = call_id
         range_name = self.range_box.value if self.range_box.value in RANGES_S else "1h"
         self.detail_html.value = detail_html(attempts, self.link_template, range_name)
-        _hide(self.detail, False)
-        for row in self.rows:
-            selected = row.call_id == call_id
-            if selected != ("aidash-inspector-selected" in row.box._dom_classes):
-                (row.box.add_class if selected else row.box.remove_class)(
-                    "aidash-inspector-selected")
+        shared.set_hidden(self.detail, False)
+        self.table_rows.select(call_id)
         return attempts
 
     def _started_of(self, call_id: str) -> float | None:
@@ -875,10 +838,8 @@ class RequestInspector(PanelBase):
     def close_detail(self) -> None:
         self.detail_call_id = None
         self.detail_html.value = ""
-        _hide(self.detail, True)
-        for row in self.rows:
-            if "aidash-inspector-selected" in row.box._dom_classes:
-                row.box.remove_class("aidash-inspector-selected")
+        shared.set_hidden(self.detail, True)
+        self.table_rows.select(None)
 
     # -- the filtered set as data ------------------------------------------------------------
 

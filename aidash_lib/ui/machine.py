@@ -17,9 +17,9 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as widgets
 import pandas as pd
 
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import (
     PanelBase,
     esc,
@@ -72,7 +72,7 @@ class MachinePanel(PanelBase):
         s = self.settings.dashboard
         th = self.settings.thresholds
         size = {"width_px": s.chart_width_px, "height_px": s.chart_height_px}
-        self.summary = widgets.HTML("").add_class("aidash-machine-summary")
+        self.summary = shared.html("", "aidash-machine-summary")
         self.cpu = TimeSeriesChart("CPU", unit="%", y_max=100, threshold=th.get("cpu_percent"),
                                    css="aidash-chart-cpu", **size)
         self.memory = TimeSeriesChart("Memory used", unit="%", y_max=100,
@@ -88,7 +88,7 @@ class MachinePanel(PanelBase):
         self.load = TimeSeriesChart("Load (1 min)", unit="", css="aidash-chart-load",
                                     tick_format=".2~f", **size)
         self.charts = [self.cpu, self.memory, self.disk, self.network, self.disk_io, self.load]
-        self.processes = widgets.HTML("").add_class("aidash-top-processes")
+        self.processes = shared.html("", "aidash-top-processes")
         self.body.children = [self.summary, chart_row(self.charts), self.processes]
 
     async def _series(self, metric: str, window: tuple[float, float], step: float,
@@ -121,7 +121,8 @@ class MachinePanel(PanelBase):
         if fault is not None:
             self.problem(f"machine source: {fault.reason} (since {fmt_when(fault.since_s, now)})")
         _, last_s = last_value(cpu)
-        stale_after = max(3 * self.settings.intervals.machine_s, 30.0)
+        # A point stands for its bucket's start: over 6 h a fresh reading is up to `step` old.
+        stale_after = max(3 * self.settings.intervals.machine_s, 30.0) + step
         if view.end_s is None and (last_s is None or now - last_s > stale_after):
             self.problem("No recent machine reading: is the recorder (`aidash record`) running?")
 

@@ -14,9 +14,9 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as widgets
 import pandas as pd
 
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import PanelBase, esc, fmt_ago, fmt_when, values_table
 from aidash_lib.ui.common import (
     STATE_LOOKBACK_S,
@@ -65,8 +65,8 @@ class StatusPanel(PanelBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(history, settings, **kwargs)
-        self.values = widgets.HTML("").add_class("aidash-status-values")
-        self.faults = widgets.HTML("").add_class("aidash-status-faults")
+        self.values = shared.html("", "aidash-status-values")
+        self.faults = shared.html("", "aidash-status-faults")
         self.body.children = [self.values, self.faults]
         self.state: dict[str, object] = {}
 

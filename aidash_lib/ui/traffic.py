@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 import pandas as pd
 
+from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import (
     PanelBase,
     background,
@@ -48,7 +49,7 @@ SUMMED = frozenset({"requests_per_min", "errors_per_min", "tokens_per_s", "spend
 def chart_row(charts: list[TimeSeriesChart]) -> widgets.Box:
     """Charts side by side, wrapping to the next line when the page is narrow."""
     return widgets.Box(
-        charts, layout=widgets.Layout(display="flex", flex_flow="row wrap", width="100%"),
+        charts, layout=shared.layout(display="flex", flex_flow="row wrap", width="100%"),
     )
 
 
@@ -95,7 +96,7 @@ class TrafficPanel(PanelBase):
             options=[("by model group", "group"), ("by deployment", "deployment")], value=by,
             style={"button_width": "130px"},
         ).add_class("aidash-traffic-by")
-        self.summary = widgets.HTML("").add_class("aidash-traffic-summary")
+        self.summary = shared.html("", "aidash-traffic-summary")
         self.requests = TimeSeriesChart("Requests / min", unit="req/min",
                                         css="aidash-chart-requests", **size)
         self.errors = TimeSeriesChart("Error rate", unit="%",
@@ -113,7 +114,7 @@ class TrafficPanel(PanelBase):
                                      tick_format=".3~f", **size)
         self.charts = [self.requests, self.errors, self.p95, self.quantiles, self.tokens,
                        self.spend]
-        self.body.children = [widgets.HBox([self.by, self.summary]), chart_row(self.charts)]
+        self.body.children = [shared.hbox([self.by, self.summary]), chart_row(self.charts)]
         self.by.observe(self._by_changed, names="value")
         self.totals: dict[str, float | None] = {}
 

@@ -173,7 +173,7 @@ class InspectorPage:
     def open_detail(self, call_id: str) -> Any:
         row = self.page.locator(".aidash-inspector-row").filter(
             has=self.page.locator(f".aidash-inspector-cells[data-call-id='{call_id}']"))
-        row.locator(".aidash-inspector-open button, button.aidash-inspector-open").first.click()
+        row.locator(".aidash-inspector-open").first.click()
         detail = self.page.locator(f".aidash-inspector-detail [data-call-id='{call_id}']").first
         detail.wait_for(state="visible", timeout=30_000)
         return self.page.locator(".aidash-inspector-detail").first

@@ -228,11 +228,36 @@ def test_no_secret_reaches_the_page(chromium: Any, served_dashboard: ServedDashb
 
 
 def test_closed_pages_leave_no_kernel(chromium: Any, served_dashboard: ServedDashboard) -> None:
-    assert served_dashboard.wait_for_kernels(0) == 0
+    served_dashboard.wait_at_rest(1)  # the one preheated kernel (settings' default), waiting
+    waiting = {p.pid for p in served_dashboard.kernels()}
     with open_dashboard(chromium, served_dashboard.url, "dashboard-kernel", wait=False) as dash:
         dash.page.wait_for_selector(".aidash-status", timeout=90_000)
-        assert served_dashboard.wait_for_kernels(1) == 1
-    assert served_dashboard.wait_for_kernels(0) == 0, "the page's kernel outlived the page"
+        assert waiting <= {p.pid for p in served_dashboard.kernels()}, "not the preheated one"
+    deadline = time.monotonic() + 30
+    while waiting & {p.pid for p in served_dashboard.kernels()}:
+        assert time.monotonic() < deadline, "the page's kernel outlived the page"
+        time.sleep(0.3)
+    served_dashboard.wait_at_rest(1)  # refilled: one new preheated kernel, and nothing else
+
+
+def test_a_preheated_kernel_serves_a_links_view_with_data_read_for_the_page(
+    chromium: Any, served_dashboard: ServedDashboard,
+) -> None:
+    served_dashboard.wait_at_rest(1)
+    requested_at = time.time()
+    link = served_dashboard.url + "?range=6h&model=claude-haiku"
+    with open_dashboard(chromium, link, "dashboard-preheated-link") as dash:
+        view = dash.wait_until(
+            lambda: (v := dash.view()) and float(v["refreshStarted"]) >= requested_at and v,
+            30, "a read of the store begun after the page was requested")
+        assert view["preheated"] == "1", "the page was not served by the preheated kernel"
+        assert (view["range"], view["model"]) == ("6h", "claude-haiku")
+        label = dash.text(".aidash-traffic td[data-key='requests'] .aidash-key")
+        assert "6h" in label or "6 h" in label, label
+        assert "claude-haiku" in dash.page.eval_on_selector(
+            ".aidash-filter-model select", "s => s.options[s.selectedIndex].textContent")
+        clock = dash.text(".aidash-view")
+        assert clock.startswith("updated ") and clock != "updated –", clock
 
 
 def test_without_a_gateway_it_serves_the_machine_and_says_where_it_looked(

@@ -213,6 +213,30 @@ class ServedDashboard:
                     found.append(proc)
         return found
 
+    def wait_at_rest(self, kernels: int, timeout_s: float = 120.0) -> None:
+        """Wait until the last page's kernel has gone and `kernels` preheated ones run and
+        sit idle, waiting for a page (Voilà refills its pool `PREHEAT_REFILL_S` after a
+        page takes a kernel, and the new one then runs the notebook)."""
+        deadline = time.monotonic() + timeout_s
+        idle_since: float | None = None
+        last_cpu: float | None = None
+        while time.monotonic() < deadline:
+            procs = self.kernels()
+            try:
+                cpu: float | None = sum(sum(p.cpu_times()[:2]) for p in procs)
+            except psutil.Error:
+                cpu = None
+            if len(procs) == kernels and cpu is not None and cpu == last_cpu:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= 1.5:
+                    return
+            else:
+                idle_since = None
+            last_cpu = cpu
+            time.sleep(0.5)
+        raise AssertionError(f"the server is not at rest with {kernels} idle kernel(s) after "
+                             f"{timeout_s:.0f} s ({len(self.kernels())} running)")
+
     def wait_for_kernels(self, count: int, timeout_s: float = 30.0) -> int:
         """Wait until exactly `count` kernels run; the number running at the end."""
         deadline = time.monotonic() + timeout_s
@@ -343,6 +367,14 @@ class DashboardPage:
                                                   "lines")} for k, v in last.items()}
             raise AssertionError(f"panels not ready after {timeout_s:.0f} s: {summary}") from None
         return last
+
+    def view(self) -> dict[str, str] | None:
+        """The dashboard's view marker (`.aidash-view`): range, model, provider, ticks,
+        refreshStarted (epoch s of the last completed read), preheated ("1" or "0")."""
+        return self.page.evaluate("""() => {
+            const marker = document.querySelector('.aidash-view [data-range]');
+            return marker ? {...marker.dataset} : null;
+        }""")
 
     def text(self, selector: str) -> str:
         return self.page.locator(selector).first.inner_text()

@@ -26,6 +26,7 @@ from aidash_lib.ui.inspector_data import (
     load_page,
     select_requests,
 )
+from aidash_lib.ui.shared_models import is_hidden
 from aidash_lib.ui.view import DashboardView, Panel
 
 NOW = time.time()
@@ -106,13 +107,13 @@ def make(path: Path, **kw: object) -> RequestInspector:
 
 
 def shown(insp: RequestInspector) -> list[str]:
-    return [r.call_id for r in insp.rows if r.call_id is not None]
+    return [r.call_id for r in insp.table_rows.rows]
 
 
 def cell(insp: RequestInspector, call_id: str, key: str) -> str | None:
-    (row,) = [r for r in insp.rows if r.call_id == call_id]
-    match = re.search(rf'data-key="{key}"(?: data-value="([^"]*)")?', row.cells.value)
-    assert match, (key, row.cells.value)
+    (row,) = [r for r in insp.table_rows.rows if r.call_id == call_id]
+    match = re.search(rf'data-key="{key}"(?: data-value="([^"]*)")?', row.cells_html)
+    assert match, (key, row.cells_html)
     return match.group(1)
 
 
@@ -138,14 +139,14 @@ async def test_row_values(store: Path) -> None:
     assert cell(insp, "conn", "status") == "success"
     assert float(cell(insp, "conn", "latency") or 0) == pytest.approx(0.4, abs=1e-5)
     assert cell(insp, "conn", "mark") == "2"  # two attempts
-    conn_html = next(r for r in insp.rows if r.call_id == "conn").cells.value
+    conn_html = next(r for r in insp.table_rows.rows if r.call_id == "conn").cells_html
     assert "↪ 1 fallback" in conn_html and "llama3-local-1 (APIConnectionError)" in conn_html
     assert 'data-outcome="fallback"' in conn_html
     assert float(cell(insp, "stream", "ttft") or 0) == pytest.approx(0.25)
     assert cell(insp, "stream", "tokens") == "10/20"
     assert float(cell(insp, "stream", "cost") or 0) == pytest.approx(0.0001)
-    assert "↻ 1 retry" in next(r for r in insp.rows if r.call_id == "retry").cells.value
-    unknown = next(r for r in insp.rows if r.call_id == "unknown").cells.value
+    assert "↻ 1 retry" in next(r for r in insp.table_rows.rows if r.call_id == "retry").cells_html
+    unknown = next(r for r in insp.table_rows.rows if r.call_id == "unknown").cells_html
     assert cell(insp, "unknown", "error") == "ProxyModelNotFoundError · 400_INVALID_REQUEST"
     assert 'data-outcome="error"' in unknown
     assert "Invalid model name" in unknown
@@ -220,14 +221,13 @@ async def test_counts_and_percentiles_are_exact(store: Path) -> None:
 async def test_detail_shows_the_chain_of_attempts(store: Path) -> None:
     insp = make(store)
     await insp.refresh()
-    row = next(r for r in insp.rows if r.call_id == "rate")
-    row.button.click()
+    insp.table_rows._message(insp.table_rows, {"open": "rate"}, [])  # the row's click
     for _ in range(100):
         if insp.detail_call_id == "rate":
             break
         await asyncio.sleep(0.02)
     html = insp.detail_html.value
-    assert insp.detail.layout.display == ""
+    assert not is_hidden(insp.detail)
     attempts = re.findall(r'<tr data-attempt="(\d)" data-deployment="([^"]*)" '
                           r'data-status="(\w+)">', html)
     assert attempts == [("1", "flaky-model-1", "failure"), ("2", "claude-haiku-1", "success")]
@@ -238,9 +238,13 @@ async def test_detail_shows_the_chain_of_attempts(store: Path) -> None:
     assert "served by" in html and "failed with" in html
     for name in ("call_id", "api_base", "key_alias_hash", "attempted_fallbacks", "cost_usd"):
         assert f"<th>{name}</th>" in html
-    assert "aidash-inspector-selected" in row.box._dom_classes
+    assert insp.table_rows.selected == "rate"
+    assert re.search(r'class="aidash-inspector-row aidash-inspector-selected" '
+                     r'data-call-id="rate"', insp.table_rows.html)
+    assert insp.table_rows.html.count("aidash-inspector-selected") == 1
     insp.close_detail()
-    assert insp.detail.layout.display == "none"
+    assert is_hidden(insp.detail)
+    assert "aidash-inspector-selected" not in insp.table_rows.html
 
 
 async def test_detail_of_an_error_masks_keys_and_tracebacks(store: Path) -> None:

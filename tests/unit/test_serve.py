@@ -30,7 +30,7 @@ from aidash_lib.serve import (
     voila_launch,
     write_token_file,
 )
-from aidash_lib.settings import Settings, load_settings
+from aidash_lib.settings import DashboardSettings, Settings, StoreSettings, load_settings
 from aidash_lib.store.sqlite import SqliteStore
 from tests.servers.process import closed_port, free_port
 
@@ -392,3 +392,20 @@ def test_the_demo_traffic_swells_and_ebbs_around_its_rate() -> None:
     assert max(rates) == pytest.approx(2.0 * (1 + demo.RATE_SWING), rel=0.05)
     with pytest.raises(ValueError):
         demo.Traffic("http://127.0.0.1:9", "sk-x", rate=0)
+
+
+def test_preheated_kernels_on_the_command_line() -> None:
+    argv = voila_launch(port=8866, preheated_kernels=2).argv
+    assert "--preheat_kernel=True" in argv and "--pool_size=2" in argv
+    assert f"--VoilaKernelManager.fill_delay={serve.PREHEAT_REFILL_S}" in argv
+    assert not any("preheat" in a or "pool_size" in a
+                   for a in voila_launch(port=8866, preheated_kernels=0).argv)
+
+
+def test_the_server_preheats_as_the_settings_say(tmp_path: Path) -> None:
+    settings = Settings(store=StoreSettings(path=str(tmp_path / "h.sqlite")))
+    assert settings.dashboard.preheated_kernels == 1
+    served = DashboardServer(settings, port=8866)
+    assert "--pool_size=1" in served.launch.argv
+    none = settings.model_copy(update={"dashboard": DashboardSettings(preheated_kernels=0)})
+    assert not any("preheat" in a for a in DashboardServer(none, port=8866).launch.argv)

@@ -204,3 +204,61 @@ def test_a_link_can_open_one_deployment() -> None:
     view = view_from_query_string("deployment=gpt-4o-mini-b&range=15m&token=x")
     assert view.deployment == "gpt-4o-mini-b" and view.range_name == "15m"
     assert view.to_query() == {"range": "15m", "deployment": "gpt-4o-mini-b"}
+
+
+async def test_a_preheated_kernel_reads_the_store_before_the_page_and_its_view_after(
+    store: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aidash_lib.ui import dashboard as dashboard_module
+
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    asked: list[bool] = []
+
+    def page_query_string() -> str:
+        asked.append(True)
+        return "range=6h&model=claude-haiku"
+
+    monkeypatch.setattr(dashboard_module, "page_query_string", page_query_string)
+    dashboard = Dashboard.from_environment({"AIDASH_STORE": str(store), "AIDASH_LIVE": "0"})
+    assert dashboard.view == DashboardView("1h")
+    await dashboard.prepare()
+    assert dashboard.ticks == 1 and not asked  # read before any page asked
+    before = dashboard.refresh_started_s
+    assert before is not None
+    await dashboard.run_for_page()
+    assert asked == [True]
+    assert dashboard.view == DashboardView("6h", "claude-haiku")
+    assert dashboard.range.value == "6h" and dashboard.model.value == "claude-haiku"
+    assert dashboard.ticks == 2, "the page's view must be read once, not twice"
+    assert dashboard.panels["traffic"].requests.names == ["claude-haiku"]
+    assert dashboard.refresh_started_s > before
+    assert f'data-refresh-started="{dashboard.refresh_started_s:.3f}"' in (
+        dashboard.view_marker.value)
+    assert 'data-preheated="1"' in dashboard.view_marker.value
+
+
+async def test_a_plain_kernel_does_not_read_twice(store: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOILA_PREHEAT", raising=False)
+    dashboard = Dashboard.from_environment({"AIDASH_STORE": str(store), "AIDASH_LIVE": "0",
+                                            "QUERY_STRING": "range=15m"})
+    await dashboard.prepare()
+    assert dashboard.ticks == 0  # the live loop's first tick reads the store
+    dashboard.start_for_page()
+    await dashboard.settle()
+    assert dashboard.ticks == 1 and dashboard.view == DashboardView("15m")
+    assert 'data-preheated="0"' in dashboard.view_marker.value
+
+
+def test_the_page_builds_few_models(store: Path) -> None:
+    """Widgets share their layouts and styles: the default dashboard builds under 500 models
+    (it was ~850 when each widget had its own, two thirds of them layouts and styles)."""
+    import ipywidgets as widgets
+
+    before = set(widgets.Widget.widgets)
+    dashboard = Dashboard(settings_for(store))
+    made = [w for k, w in widgets.Widget.widgets.items() if k not in before]
+    layouts = [w for w in made if isinstance(w, widgets.Layout)]
+    assert len(made) < 500, len(made)
+    assert len(layouts) < 40, len(layouts)
+    assert dashboard.panels

@@ -22,6 +22,7 @@ from aidash_lib.ui.comparison import ComparisonPanel
 from aidash_lib.ui.deployments import DeploymentsPanel
 from aidash_lib.ui.gpus import GpuPanel
 from aidash_lib.ui.machine import MachinePanel
+from aidash_lib.ui.shared_models import is_hidden
 from aidash_lib.ui.status import StatusPanel
 from aidash_lib.ui.traffic import TrafficPanel
 from aidash_lib.ui.view import DashboardView
@@ -221,6 +222,24 @@ async def test_machine_panel(history: SqliteHistory, settings: Settings) -> None
     assert "Top processes: not in the store" in panel.processes.value
 
 
+@pytest.mark.parametrize("range_name", ["15m", "1h", "6h", "24h", "7d"])
+async def test_a_fresh_machine_reading_is_not_called_stale_at_any_range(
+    tmp_path: Path, range_name: str,
+) -> None:
+    """A chart point stands for its bucket's start, up to one bucket (~1 min at 6 h) before
+    the last reading: only a recorder silent for longer than that is reported."""
+    path = tmp_path / "history.sqlite"
+    fill(path, minutes=120, machine_step_s=20.0, records=False)
+    panel = MachinePanel(SqliteHistory(path), settings_for(path))
+    await panel.refresh(DashboardView(range_name))
+    assert panel.last_error is None, panel.last_error
+    stale = tmp_path / "stale.sqlite"
+    fill(stale, end_s=time.time() - 3 * 3600, minutes=120, machine_step_s=20.0, records=False)
+    panel = MachinePanel(SqliteHistory(stale), settings_for(stale))
+    await panel.refresh(DashboardView(range_name))
+    assert "No recent machine reading" in (panel.last_error or "")
+
+
 async def test_machine_top_processes_from_the_recorders_event(
     history: SqliteHistory, settings: Settings, store: tuple[Path, Filled],
 ) -> None:
@@ -287,7 +306,7 @@ async def test_missing_or_empty_store_is_an_error_line_then_recovers(tmp_path: P
     for panel in panels:
         await panel.refresh(VIEW)
         assert panel.last_error is not None and "no store at" in panel.last_error, panel
-        assert panel._error.layout.display != "none"
+        assert not is_hidden(panel._error)
     sqlite3.connect(path).close()  # a file without the store's tables
     for panel in panels:
         await panel.refresh(VIEW)
@@ -296,7 +315,7 @@ async def test_missing_or_empty_store_is_an_error_line_then_recovers(tmp_path: P
     for panel in panels:
         await panel.refresh(VIEW)
         assert panel.last_error is None, (panel, panel.last_error)
-        assert panel._error.layout.display == "none"
+        assert is_hidden(panel._error)
         assert "aidash-has-data" in panel._dom_classes
 
 
