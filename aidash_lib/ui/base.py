@@ -346,7 +346,8 @@ class PanelBase(widgets.VBox):
         self._refreshed_view: DashboardView | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._title = shared.html(f"{STYLE}<b>{esc(title or self.title)}</b>", "aidash-title")
+        self._title_text = title or self.title
+        self._title = shared.html(f"{STYLE}<b>{esc(self._title_text)}</b>", "aidash-title")
         self._updated = shared.html("", "aidash-updated")
         self._loading = shared.html("loading…", "aidash-loading")
         self._error = shared.html("", "aidash-error", shared.HIDDEN)
@@ -356,6 +357,11 @@ class PanelBase(widgets.VBox):
         super().__init__([header, self._error, self.body], layout=shared.layout())
         self.add_class("aidash-panel")
         self.add_class(self.css_class)
+
+    def embed(self) -> None:
+        """Drop this panel's copy of `STYLE`: a page that holds many panels (the dashboard)
+        carries one copy for all, as every copy makes the browser restyle the whole page."""
+        self._title.value = f"<b>{esc(self._title_text)}</b>"
 
     # -- what subclasses implement ----------------------------------------------------------
 

@@ -208,6 +208,8 @@ class Dashboard(widgets.VBox):
         panel = PANEL_CLASSES[name](self.history, self.settings)
         panel.view = self._view
         panel.add_class(f"aidash-{name}")  # every panel findable by its layout name
+        if isinstance(panel, PanelBase):
+            panel.embed()  # the header carries the style sheet, once
         if not self.live.live:
             panel.stop()  # a panel with a feed of its own (the inspector) follows the page's loop
         self.panels[name] = panel

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.servers.litellm_logged import Sent, send_chat
 from tests.servers.voila import ARTIFACTS
 
 NOTEBOOK_CELLS = (
@@ -88,34 +88,9 @@ def write_notebook(folder: Path, name: str = "inspector.ipynb") -> Path:
     return path
 
 
-@dataclass
-class Sent:
-    """One request sent through the gateway and what it answered."""
-
-    kind: str
-    model: str
-    stream: bool
-    status: int
-    call_id: str
-    served_by: str | None  # x-litellm-model-id
-    done_s: float  # when the response had been read completely
-
-
 def send(client: httpx.Client, kind: str, model: str, stream: bool = False) -> Sent:
-    """One chat completion of a kind of `MIX` (a long prompt for the context-window one)."""
-    content = f"inspector test {kind}"
-    if kind == "context_fallback":
-        content += " " + "long context " * 3000
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
-    if stream:
-        body["stream"] = True
-        with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            response.read()
-    else:
-        response = client.post("/v1/chat/completions", json=body)
-    return Sent(kind, model, stream, response.status_code,
-                response.headers.get("x-litellm-call-id", ""),
-                response.headers.get("x-litellm-model-id"), time.time())
+    """One chat completion of a kind of `MIX`."""
+    return send_chat(client, kind, model, stream, marker="inspector test")
 
 
 class InspectorPage:

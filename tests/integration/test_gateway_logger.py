@@ -24,7 +24,7 @@ import pytest
 from aidash_lib.request_records import HEALTH_CHECK_ALIAS, hash_key_alias
 from aidash_lib.sources.gateway_metrics import parse_metrics
 from tests.servers.litellm import GROUPS, MASTER_KEY, OFFLINE_ENV, litellm_binary
-from tests.servers.litellm_logged import LoggedGateway
+from tests.servers.litellm_logged import LoggedGateway, Sent, send_chat
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +46,6 @@ MIX: tuple[tuple[str, str, bool], ...] = (
     ("unknown_model", "no-such-model", False),
     ("stream", "gpt-4o-mini", True),
 )
-
-
-@dataclass
-class Sent:
-    kind: str
-    model: str
-    stream: bool
-    status: int
-    call_id: str
-    served_by: str | None  # x-litellm-model-id
 
 
 @dataclass
@@ -85,19 +75,7 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str 
 
 
 def _send(client: httpx.Client, kind: str, model: str, stream: bool) -> Sent:
-    content = f"{PROMPT_MARKER} {kind}"
-    if kind == "context_fallback":
-        content += " " + "long context " * 3000
-    body = {"model": model, "messages": [{"role": "user", "content": content}]}
-    if stream:
-        body["stream"] = True
-        with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            response.read()
-    else:
-        response = client.post("/v1/chat/completions", json=body)
-    return Sent(kind, model, stream, response.status_code,
-                response.headers.get("x-litellm-call-id", ""),
-                response.headers.get("x-litellm-model-id"))
+    return send_chat(client, kind, model, stream, marker=PROMPT_MARKER)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,13 @@ The proxy runs in `.venv-litellm` (its own environment) with `aidash` installed 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.servers.litellm import (
@@ -137,3 +140,35 @@ def litellm_logged_gateway_factory(
     finally:
         for logged in started:
             logged.gateway.server.stop()
+
+
+@dataclass
+class Sent:
+    """One chat completion sent through the gateway and what it answered."""
+
+    kind: str
+    model: str
+    stream: bool
+    status: int
+    call_id: str
+    served_by: str | None  # x-litellm-model-id
+    done_s: float  # when the response had been read completely
+
+
+def send_chat(client: httpx.Client, kind: str, model: str, stream: bool = False, *,
+              marker: str = "aidash test") -> Sent:
+    """One chat completion of a kind of the known mix (`context_fallback` gets a prompt too
+    long for its group's context window); `marker` starts the prompt."""
+    content = f"{marker} {kind}"
+    if kind == "context_fallback":
+        content += " " + "long context " * 3000
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
+    if stream:
+        body["stream"] = True
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            response.read()
+    else:
+        response = client.post("/v1/chat/completions", json=body)
+    return Sent(kind, model, stream, response.status_code,
+                response.headers.get("x-litellm-call-id", ""),
+                response.headers.get("x-litellm-model-id"), time.time())

@@ -262,3 +262,23 @@ def test_the_page_builds_few_models(store: Path) -> None:
     assert len(made) < 500, len(made)
     assert len(layouts) < 40, len(layouts)
     assert dashboard.panels
+
+
+def test_the_style_sheet_is_on_the_page_once(store: Path) -> None:
+    from aidash_lib.ui.base import STYLE
+    from aidash_lib.ui.status import StatusPanel
+
+    dashboard = Dashboard(settings_for(store))
+    html = [w.value for w in _descendants(dashboard) if isinstance(getattr(w, "value", None), str)]
+    assert sum(v.count(STYLE) for v in html) == 1
+    alone = StatusPanel(SqliteHistory(store), settings_for(store))
+    assert STYLE in alone._title.value  # a panel on its own still looks right
+
+
+def _descendants(widget: Any) -> list[Any]:
+    found, todo = [], [widget]
+    while todo:
+        w = todo.pop()
+        found.append(w)
+        todo.extend(getattr(w, "children", ()))
+    return found
