@@ -9,7 +9,6 @@ The notebook is the one line an operator writes: `RequestInspector()` with the s
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 
 from tests.servers.litellm_logged import Sent, send_chat
-from tests.servers.voila import ARTIFACTS
+from tests.servers.voila import ARTIFACTS, wait_on_page
 
 NOTEBOOK_CELLS = (
     "from aidash_lib.ui.inspector import RequestInspector",
@@ -119,16 +118,8 @@ class InspectorPage:
             "tds => Object.fromEntries(tds.map(t => [t.dataset.key, t.dataset.value ?? null]))")
 
     def wait_until(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout_s:.0f} s waiting for {what}; rows: "
-                    f"{self.call_ids()}")
-            self.page.wait_for_timeout(200)
+        return wait_on_page(self.page, predicate, timeout_s, what, every_ms=200,
+                            state=lambda: f"rows: {self.call_ids()}")
 
     def wait_for_rows(self, expected: list[str], timeout_s: float = 30.0) -> None:
         """Wait until the table shows exactly `expected` (call ids, in order)."""

@@ -104,6 +104,21 @@ PANEL_STATE_JS = """
 """
 
 
+def wait_on_page(page: Any, predicate: Callable[[], Any], timeout_s: float, what: str, *,
+                 every_ms: int, state: Callable[[], object] | None = None) -> Any:
+    """Poll `predicate` every `every_ms` of the page's time until it returns a true value;
+    on a timeout, the error names `what` and, with `state`, what the page showed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            shown = f"; {state()}" if state is not None else ""
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{shown}")
+        page.wait_for_timeout(every_ms)
+
+
 def chromium_executable() -> str:
     """Debian's Chromium, or a test failure that says how to install it."""
     if not os.access(CHROMIUM, os.X_OK):
@@ -341,14 +356,7 @@ class DashboardPage:
 
     def wait_until(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
         """Poll `predicate` (every 0.5 s, in the page's time) until it returns a true value."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-            self.page.wait_for_timeout(500)
+        return wait_on_page(self.page, predicate, timeout_s, what, every_ms=500)
 
     def wait_for_panels(self, panels: Sequence[str] = PANELS,
                         timeout_s: float = PANEL_TIMEOUT_S) -> dict[str, dict[str, Any]]:
