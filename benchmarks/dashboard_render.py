@@ -39,6 +39,7 @@ from tests.servers.process import ServerProcess, free_port, start_server  # noqa
 from tests.servers.voila import (  # noqa: E402
     CHART_PANELS,
     PANEL_STATE_JS,
+    PANELS_READY_JS,
     TEST_TRAFFIC_MIX,
     VIEWPORT,
     ServedDashboard,
@@ -65,8 +66,10 @@ bq.Figure(marks=[line], axes=[bq.Axis(scale=scale_x),
 ALL_PANELS_READY = f"""(args) => {{
   const marker = document.querySelector('.aidash-view [data-refresh-started]');
   const fresh = !!marker && Number(marker.dataset.refreshStarted) >= args[2];
-  return fresh && Object.values(({PANEL_STATE_JS})(args)).every((s) => s.ready);
+  return fresh && ({PANELS_READY_JS})(args);
 }}"""
+#: After the clock stops: the same panels, read as a person sees them (layout and text).
+SEEN_READY_JS = f"(args) => Object.values(({PANEL_STATE_JS})(args)).every((s) => s.ready)"
 PREHEATED_JS = """() => document.querySelector('.aidash-view [data-preheated]')
     ?.dataset.preheated === '1'"""
 FLOOR_READY = """() => [...document.querySelectorAll('.bqplot path.line')]
@@ -108,7 +111,11 @@ def timed_render(browser: Any, url: str, ready_js: str, arg: Any = None,
             arg = [*arg[:2], time.time()]  # the store must be read after this
         page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
         page.wait_for_function(ready_js, arg=arg, polling=50, timeout=TIMEOUT_MS)
-        return time.perf_counter() - started, bool(page.evaluate(PREHEATED_JS))
+        seconds = time.perf_counter() - started
+        if isinstance(arg, list) and not page.evaluate(SEEN_READY_JS, arg):
+            raise AssertionError("the layout-free check passed but the panels do not show "
+                                 f"data: {page.evaluate(PANEL_STATE_JS, arg)}")
+        return seconds, bool(page.evaluate(PREHEATED_JS))
     finally:
         page.goto("about:blank")
         context.close()

@@ -4,10 +4,10 @@ One `TimeSeriesChart` draws any number of lines on a `DateScale`, with warn / cr
 threshold lines. Every line gets at most `width_px` points (one per pixel): the store is asked
 for that resolution (`series_step`) and `analysis.downsample` thins whatever comes back
 bigger. All lines live in one `bqplot.Lines` mark whose x and y change together inside
-`hold_sync()`, so an update is one message; the threshold lines are drawn on a fixed 0..1 x
-scale and never change, and an invisible row (opacity 0, at y = 0) spanning the window keeps
-the x axis on the chosen range. A gap in the data longer than a few sampling intervals is
-drawn as a gap.
+`hold_sync()`, so an update is one message; the warn and critical lines are a second mark,
+drawn on a fixed 0..1 x scale, that never changes; an invisible row (opacity 0, at y = 0)
+spanning the window keeps the x axis on the chosen range. A gap in the data longer than a
+few sampling intervals is drawn as a gap.
 """
 
 from __future__ import annotations
@@ -105,15 +105,20 @@ def frame_lines(
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if frame.empty:
         return out
+    all_times = _as_times(frame["time"])
+    all_values = frame["value"].to_numpy("float64") * scale
     if not labels:
-        groups: list[tuple[dict[str, str], pd.DataFrame]] = [({}, frame)]
+        groups: list[tuple[dict[str, str], np.ndarray]] = [({}, np.arange(len(frame)))]
     else:
+        # Positions per label combination, without building a frame per line.
+        found = frame.groupby(labels, observed=True, sort=True, dropna=False).indices
         groups = []
-        for key, part in frame.groupby(labels, observed=True, sort=True, dropna=False):
+        for key, positions in found.items():
             keys = key if isinstance(key, tuple) else (key,)
             groups.append(({n: "" if pd.isna(v) else str(v) for n, v in
-                            zip(labels, keys, strict=True)}, part))
-    for names, part in groups:
+                            zip(labels, keys, strict=True)}, positions))
+        groups.sort(key=lambda group: tuple(group[0].values()))
+    for names, positions in groups:
         if callable(label):
             name = label(names)
         elif isinstance(label, str):
@@ -122,14 +127,12 @@ def frame_lines(
             name = " / ".join(names.get(n, "") for n in label) or "value"
         else:
             name = " / ".join(v for v in names.values() if v) or "value"
-        part = part.sort_values("time")
-        times, values = _as_times(part["time"]), part["value"].to_numpy("float64") * scale
-        if name in out:  # two series with the same name: keep both points, in time order
-            t0, v0 = out[name]
-            times, values = np.concatenate([t0, times]), np.concatenate([v0, values])
-            order = np.argsort(times, kind="stable")
-            times, values = times[order], values[order]
-        out[name] = (times, values)
+        times, values = all_times[positions], all_values[positions]
+        if name in out:  # two series with the same name: keep both points
+            times = np.concatenate([out[name][0], times])
+            values = np.concatenate([out[name][1], values])
+        order = np.argsort(times, kind="stable")
+        out[name] = (times[order], values[order])
     return out
 
 
@@ -166,20 +169,20 @@ class TimeSeriesChart(widgets.VBox):
             scales={"x": self.x_scale, "y": self.y_scale},
             colors=list(PALETTE), stroke_width=1.6, marker_size=12,
         )
-        self.threshold_lines: list[bq.Lines] = []
         marks: list[bq.Mark] = [self.lines]
         # The figure's own 0..1 x scale: threshold lines span the plot whatever the dates.
         unit_scale = shared.constant("unit-scale", _unit_scale)
+        #: Warn and critical, one mark of two lines (each mark costs the page a view).
+        self.threshold_lines: bq.Lines | None = None
         if threshold is not None:
-            for value, colour in ((threshold.warn, WARN_COLOUR),
-                                  (threshold.critical, CRITICAL_COLOUR)):
-                mark = bq.Lines(
-                    x=np.array([0.0, 1.0]), y=np.array([value, value], dtype="float64"),
-                    scales={"x": unit_scale, "y": self.y_scale}, colors=[colour],
-                    line_style="dashed", stroke_width=1.2, preserve_domain={"y": True},
-                )
-                self.threshold_lines.append(mark)
-                marks.append(mark)
+            self.threshold_lines = bq.Lines(
+                x=np.array([[0.0, 1.0], [0.0, 1.0]]),
+                y=np.array([[threshold.warn] * 2, [threshold.critical] * 2], dtype="float64"),
+                scales={"x": unit_scale, "y": self.y_scale},
+                colors=[WARN_COLOUR, CRITICAL_COLOUR], line_style="dashed", stroke_width=1.2,
+                preserve_domain={"y": True},
+            )
+            marks.append(self.threshold_lines)
         x_axis = bq.Axis(scale=self.x_scale, grid_lines="none")
         y_axis = bq.Axis(
             scale=self.y_scale, orientation="vertical", label=unit, grid_lines="dashed",

@@ -35,9 +35,24 @@ from tests.servers.litellm_logged import LoggedGateway, start_logged_litellm
 from tests.servers.process import ServerProcess, free_port, start_server
 
 CHROMIUM = "/usr/bin/chromium"
+#: Chromium features Playwright 1.65.2 turns off itself (its `disabledFeatures`). Chromium keeps
+#: only the last `--disable-features` switch, so ours must repeat them; a unit test checks the
+#: list against the installed Playwright.
+PLAYWRIGHT_DISABLED_FEATURES = (
+    "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding",
+    "ThirdPartyStoragePartitioning", "AvoidCorsURLLoaderRestartOnRedirect",
+    "TcpPortRandomizationWin", "OptimizationHints", "NetworkTimeServiceQuerying", "AimEnabled",
+    "PreconnectToSearch", "msForceBrowserSignIn", "msEdgeUpdateLaunchServicesPreferredVersion",
+)
+#: Chromium 156 loads the address bar's popups (chrome://omnibox-popup.top-chrome/ and its AI
+#: mode page) in a renderer of their own for every new browser context, headless too: about
+#: 1 s of CPU each time, which on a two-core machine competes with the page being measured.
+OMNIBOX_POPUP_FEATURES = ("WebUIOmniboxPopup", "WebUIOmniboxAimPopup", "WebUIOmniboxFullPopup")
 CHROMIUM_ARGS = (
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--disable-features=" + ",".join((*PLAYWRIGHT_DISABLED_FEATURES, *OMNIBOX_POPUP_FEATURES)),
 )
 ARTIFACTS = REPO / "test-artifacts"
 #: Tall enough for the whole dashboard: Voilà's lab template scrolls inside a container, so a
@@ -100,6 +115,26 @@ PANEL_STATE_JS = """
     return [cls, {present: true, loading, errors, hasData, lines,
                   text: el.innerText, ready: hasData && !loading && drawn}];
   }));
+}
+"""
+
+
+#: Whether every panel in `args[0]` is ready, as `PANEL_STATE_JS` decides, without reading
+#: the layout: no `innerText`, no `getClientRects` (panels hide things with the class
+#: `aidash-hidden` only). A timing probe polls it while the page is being built; each layout
+#: read there would force Chromium to lay the page out again and be counted as the page's.
+PANELS_READY_JS = """
+(args) => {
+  const [panels, charts] = args;
+  const shown = (el) => !el.closest('.aidash-hidden');
+  return panels.every((cls) => {
+    const el = document.querySelector('.' + cls);
+    if (!el || !el.classList.contains('aidash-has-data')) return false;
+    if (el.classList.contains('aidash-loading')
+        || [...el.querySelectorAll('.aidash-loading')].some(shown)) return false;
+    return !charts.includes(cls) || [...el.querySelectorAll('.bqplot path.line')]
+        .some((p) => shown(p) && (p.getAttribute('d') || '').length > 40);
+  });
 }
 """
 

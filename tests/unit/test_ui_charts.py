@@ -24,7 +24,14 @@ from aidash_lib.ui.base import (
     mask_secrets,
     values_table,
 )
-from aidash_lib.ui.charts import TimeSeriesChart, frame_lines, nice_ticks, series_step
+from aidash_lib.ui.charts import (
+    CRITICAL_COLOUR,
+    WARN_COLOUR,
+    TimeSeriesChart,
+    frame_lines,
+    nice_ticks,
+    series_step,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -87,7 +94,8 @@ def test_each_line_gets_at_most_one_point_per_pixel_and_keeps_peaks() -> None:
 def test_an_update_is_one_message_and_threshold_lines_never_change() -> None:
     chart = TimeSeriesChart("Error rate", unit="%", threshold=Threshold(warn=2, critical=10))
     lines = count_messages(chart.lines)
-    thresholds = [count_messages(mark) for mark in chart.threshold_lines]
+    assert chart.threshold_lines is not None
+    thresholds = count_messages(chart.threshold_lines)
     x_scale = count_messages(chart.x_scale)
     for k in range(3):
         frame = raw_frame(500 + k, labels={"model_group": ["a"] * (500 + k)})
@@ -95,10 +103,14 @@ def test_an_update_is_one_message_and_threshold_lines_never_change() -> None:
     assert len(lines) == 3  # one message per update, x and y together
     assert lines[0] == ["colors", "labels", "opacities", "x", "y"]
     assert lines[1:] == [["x", "y"]] * 2  # unchanged colours and labels are not sent again
-    assert thresholds == [[], []]
+    assert thresholds == []
     assert x_scale == []
-    assert [list(m.y) for m in chart.threshold_lines] == [[2, 2], [10, 10]]
-    assert [m.preserve_domain for m in chart.threshold_lines] == [{"y": True}] * 2
+    # warn and critical: one mark of two lines, in their colours, not stretching the y axis
+    assert chart.threshold_lines.y.tolist() == [[2, 2], [10, 10]]
+    assert list(chart.threshold_lines.colors) == [WARN_COLOUR, CRITICAL_COLOUR]
+    assert chart.threshold_lines.preserve_domain == {"y": True}
+    assert [type(m).__name__ for m in chart.figure.marks] == ["Lines", "Lines"]
+    assert TimeSeriesChart("Requests").threshold_lines is None
     assert 'data-warn="2"' in chart.legend.value
     assert 'data-critical="10"' in chart.legend.value
 

@@ -75,8 +75,8 @@ async def test_traffic_lines_by_group_summary_and_thresholds(
     assert panel.quantiles.names == ["P50", "P95", "P99"]
     for chart in panel.charts:
         assert np.asarray(chart.lines.x).shape[-1] <= chart.max_points
-    assert [list(m.y) for m in panel.errors.threshold_lines] == [[2, 2], [10, 10]]
-    assert [list(m.y) for m in panel.p95.threshold_lines] == [[5, 5], [15, 15]]
+    assert panel.errors.threshold_lines.y.tolist() == [[2, 2], [10, 10]]
+    assert panel.p95.threshold_lines.y.tolist() == [[5, 5], [15, 15]]
     # 4 deployments, one attempt per 15 s each: 16 requests per minute in all
     assert float(cells(panel.summary.value, "requests_per_min")[0]) == pytest.approx(16)
     assert float(cells(panel.summary.value, "requests")[0]) == pytest.approx(16 * 60, rel=0.03)
@@ -174,8 +174,8 @@ async def test_gpu_panel_charts_per_gpu(tmp_path: Path) -> None:
     assert panel.body.children == (panel.content,)
     assert panel.utilization.names == ["GPU 0", "GPU 1"]
     assert panel.power.names == ["GPU 0", "GPU 0 limit", "GPU 1", "GPU 1 limit"]
-    assert [list(m.y) for m in panel.utilization.threshold_lines] == [[90, 90], [98, 98]]
-    assert [list(m.y) for m in panel.temperature.threshold_lines] == [[80, 80], [90, 90]]
+    assert panel.utilization.threshold_lines.y.tolist() == [[90, 90], [98, 98]]
+    assert panel.temperature.threshold_lines.y.tolist() == [[80, 80], [90, 90]]
     assert float(cells(panel.summary.value, "gpu1_memory")[0]) == 81.0
     assert "not in the store" in panel.processes.value
 
@@ -213,8 +213,8 @@ async def test_machine_panel(history: SqliteHistory, settings: Settings) -> None
     assert panel.last_error is None
     assert panel.disk.names == ["/"]
     assert panel.network.names == ["received", "sent"]
-    assert [list(m.y) for m in panel.cpu.threshold_lines] == [[85, 85], [95, 95]]
-    assert [list(m.y) for m in panel.memory.threshold_lines] == [[85, 85], [95, 95]]
+    assert panel.cpu.threshold_lines.y.tolist() == [[85, 85], [95, 95]]
+    assert panel.memory.threshold_lines.y.tolist() == [[85, 85], [95, 95]]
     assert float(cells(panel.summary.value, "disk_percent")[0]) == 71.5
     assert float(cells(panel.summary.value, "processes")[0]) == 212
     for chart in panel.charts:
