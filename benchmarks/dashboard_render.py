@@ -13,6 +13,12 @@ costs before the dashboard does anything. Runs alternate between the two (ABAB) 
 shared machine's load falls on both alike; before each run the server is at rest: the last
 page's kernel has shut down and the preheated kernels are back and idle. The figure is the
 median of 5 runs of each. Target: at most 1.3× the floor.
+
+The probe that polls the page while it loads reads classes and attributes only: a layout read
+(`innerText`, `getClientRects`) would make Chromium lay the page out again on every poll, a
+cost of the probe and not of the page; once the clock has stopped, the page is checked again
+as a person sees it. Chromium runs with the flags of `tests.servers.voila.launch_args`, which
+keep it from loading its own address-bar pages beside every new page.
 """
 
 from __future__ import annotations
