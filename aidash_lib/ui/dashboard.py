@@ -352,10 +352,13 @@ class Dashboard(widgets.VBox):
     async def prepare(self) -> None:
         """In a kernel Voilà preheats, read the store once now, before any page asks: the
         page is then served with its panels built and filled, and its first refresh only
-        updates them. Elsewhere nothing: the live loop's first tick reads the store while
-        the page loads."""
+        updates them; until then no panel polls the store on its own. Elsewhere nothing:
+        the live loop's first tick reads the store while the page loads."""
         if preheated():
             await self.refresh()
+            for panel in self.panels.values():
+                if isinstance(panel, RequestInspector):
+                    panel.rest()  # its feed starts with the page's first refresh
 
     def start_for_page(self) -> asyncio.Task[None]:
         """Take the view of the page's URL, then `start()` the live loop. A preheated kernel

@@ -629,6 +629,13 @@ class RequestInspector(PanelBase):
         self._show_live()
         return self._poll_task
 
+    def rest(self) -> None:
+        """Stop the live feed until the next refresh starts it again: a kernel Voilà
+        preheated waits for its page without polling the store every second."""
+        wanted = self._live_wanted
+        self.stop()
+        self._live_wanted = wanted
+
     def stop(self) -> None:
         """Stop the live feed (until `start()`)."""
         self._live_wanted = False

@@ -20,6 +20,7 @@ from aidash_lib.settings import (
 )
 from aidash_lib.store.sqlite import SqliteHistory
 from aidash_lib.ui.dashboard import Dashboard, LiveOptions, view_from_query_string
+from aidash_lib.ui.inspector import RequestInspector
 from aidash_lib.ui.view import DashboardView
 from tests.unit.ui_samples import fill
 
@@ -282,3 +283,32 @@ def _descendants(widget: Any) -> list[Any]:
         found.append(w)
         todo.extend(getattr(w, "children", ()))
     return found
+
+
+async def test_a_preheated_kernel_waits_for_its_page_without_polling(
+    store: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request inspector's one-second feed starts with the page, not while the kernel
+    waits for one (that wait can last hours, and its updates would be replayed to the page)."""
+    from aidash_lib.ui import dashboard as dashboard_module
+
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    monkeypatch.setattr(dashboard_module, "page_query_string", lambda: "range=1h")
+    dashboard = Dashboard.from_environment({"AIDASH_STORE": str(store), "AIDASH_MAX_TICKS": "1"})
+    inspector = dashboard.panels["requests"]
+    assert isinstance(inspector, RequestInspector)
+    inspector.poll_s = 0.05
+    try:
+        await dashboard.prepare()
+        assert inspector.page is not None and inspector.page.total > 0  # read before the page
+        polls = inspector.polls
+        await asyncio.sleep(0.3)
+        assert inspector.polls == polls
+        assert 'data-live="off"' in inspector.live_html.value
+        await dashboard.run_for_page()
+        await asyncio.sleep(0.3)
+        assert inspector.polls > polls
+        assert 'data-live="live"' in inspector.live_html.value
+    finally:
+        dashboard.stop()
+        inspector.stop()
