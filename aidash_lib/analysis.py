@@ -8,6 +8,7 @@ frame) and returns a new frame with the columns its docstring lists. Health-chec
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -197,24 +198,23 @@ def error_rates(
     return _as_category(result, keys)
 
 
-def provider_comparison(
+#: The keys of the provider comparison and of `request_totals`.
+COMPARISON_KEYS: tuple[str, str] = ("requested_group", "deployment_id")
+
+
+def request_totals(
     requests: pd.DataFrame,
     *,
     q: Sequence[float] = DEFAULT_QUANTILES,
     include_health_checks: bool = False,
 ) -> pd.DataFrame:
-    """Model group × deployment: how each deployment serves each group.
+    """Model group × deployment totals of a requests frame: what `History.request_totals`
+    computes in the store (see the totals frame in `aidash_lib.store.history`).
 
-    One row per (requested_group, deployment_id) seen, sorted. Columns: `requested_group`,
-    `deployment_id`, `model`, `provider` (category), `requests`, `failures` (int64),
-    `share_of_group` (its fraction of the group's attempts), `share_of_total`, `error_rate`
-    (0..1), the latency percentiles of its successes (`p50_s`, `p95_s`, `p99_s`),
-    `tokens_per_s` (completion tokens over seconds of successful attempts),
-    `cost_per_1k_tokens_usd` (cost over prompt + completion tokens, × 1000), all float64.
-    Attempts that reached no deployment have a missing `deployment_id`.
+    One row per (requested_group, deployment_id) seen, sorted (a missing deployment last).
     """
     qs = check_quantiles(q)
-    keys = ["requested_group", "deployment_id"]
+    keys = list(COMPARISON_KEYS)
     frame = _attempts(requests, include_health_checks=include_health_checks).copy()
     frame = _as_category(frame, [*keys, "model", "provider"])
     frame["failures"] = (frame["status"] == "failure").astype("int64")
@@ -229,35 +229,71 @@ def provider_comparison(
         requests=("status", "size"),
         failures=("failures", "sum"),
         ok_seconds=("ok_latency", "sum"),
-        ok_tokens=("ok_tokens", "sum"),
-        cost=("cost_usd", "sum"),
+        ok_completion_tokens=("ok_tokens", "sum"),
         tokens=("tokens", "sum"),
+        cost_usd=("cost_usd", "sum"),
     )
-    group_total = table.groupby(level=0, observed=True)["requests"].transform("sum")
-    table["share_of_group"] = table["requests"] / group_total
-    table["share_of_total"] = table["requests"] / max(int(table["requests"].sum()), 1)
-    table["error_rate"] = table["failures"] / table["requests"]
     latencies = grouped["ok_latency"].quantile(list(qs)).unstack(level=-1)
     for quantile in qs:
         table[quantile_column(quantile)] = (
             latencies[quantile].reindex(table.index) if quantile in latencies.columns else np.nan
         )
-    table["tokens_per_s"] = (table["ok_tokens"] / table["ok_seconds"]).where(
-        table["ok_seconds"] > 0
-    )
-    table["cost_per_1k_tokens_usd"] = (1000 * table["cost"] / table["tokens"]).where(
-        table["tokens"] > 0
-    )
     result = table.reset_index()
+    for name in ("requests", "failures", "ok_completion_tokens", "tokens"):
+        result[name] = result[name].astype("int64")
+    for name in ("ok_seconds", "cost_usd"):
+        result[name] = result[name].astype("float64")
+    return _as_category(result, [*keys, "model", "provider"])
+
+
+def comparison_from_totals(totals: pd.DataFrame) -> pd.DataFrame:
+    """The provider comparison (see `provider_comparison`) from a totals frame, whether the
+    store computed it (`History.request_totals`) or pandas did (`request_totals`)."""
+    keys = list(COMPARISON_KEYS)
+    quantiles = [c for c in totals.columns if re.fullmatch(r"p[0-9.]+_s", c)]
     columns = [
         *keys, "model", "provider", "requests", "failures", "share_of_group", "share_of_total",
-        "error_rate", *(quantile_column(x) for x in qs), "tokens_per_s",
-        "cost_per_1k_tokens_usd",
+        "error_rate", *quantiles, "tokens_per_s", "cost_per_1k_tokens_usd",
     ]
-    result = result[columns]
+    table = totals.copy()
+    requests = table["requests"].astype("float64")
+    group_total = requests.groupby(table["requested_group"].astype("object"),
+                                   dropna=False).transform("sum")
+    table["share_of_group"] = requests / group_total
+    table["share_of_total"] = requests / max(float(requests.sum()), 1.0)
+    table["error_rate"] = table["failures"] / requests
+    table["tokens_per_s"] = (table["ok_completion_tokens"] / table["ok_seconds"]).where(
+        table["ok_seconds"] > 0
+    )
+    table["cost_per_1k_tokens_usd"] = (1000 * table["cost_usd"] / table["tokens"]).where(
+        table["tokens"] > 0
+    )
+    result = table[columns].reset_index(drop=True)
     for name in ("requests", "failures"):
         result[name] = result[name].astype("int64")
     return _as_category(result, [*keys, "model", "provider"])
+
+
+def provider_comparison(
+    requests: pd.DataFrame,
+    *,
+    q: Sequence[float] = DEFAULT_QUANTILES,
+    include_health_checks: bool = False,
+) -> pd.DataFrame:
+    """Model group × deployment: how each deployment serves each group.
+
+    One row per (requested_group, deployment_id) seen, sorted. Columns: `requested_group`,
+    `deployment_id`, `model`, `provider` (category), `requests`, `failures` (int64),
+    `share_of_group` (its fraction of the group's attempts), `share_of_total`, `error_rate`
+    (0..1), the latency percentiles of its successes (`p50_s`, `p95_s`, `p99_s`),
+    `tokens_per_s` (completion tokens over seconds of successful attempts),
+    `cost_per_1k_tokens_usd` (cost over prompt + completion tokens, × 1000), all float64.
+    Attempts that reached no deployment have a missing `deployment_id`. Over a store, the same
+    comparison without reading every record: `comparison_from_totals(await
+    history.request_totals(start, end))`.
+    """
+    return comparison_from_totals(
+        request_totals(requests, q=q, include_health_checks=include_health_checks))
 
 
 def downsample_indices(times: np.ndarray, values: np.ndarray, points: int) -> np.ndarray:

@@ -42,6 +42,14 @@ Percentiles frame (`History.latency_percentiles`, `analysis.latency_percentiles`
 columns (category), `requests` (int64, rows counted), then one float64 column per quantile
 named `p50_s`, `p95_s`, `p99_s` (`p99.9_s` for 0.999). `frame.attrs["exact"]` says whether the
 figures are exact (from records) or interpolated inside histogram buckets (Prometheus).
+
+Totals frame (`History.request_totals`, `analysis.request_totals`), one row per
+(requested_group, deployment_id) seen, sorted, a missing deployment last: those two, `model`
+and `provider` (category, the first known), `requests` and `failures` (int64, attempts),
+`ok_seconds` (float64, summed latency of successes), `ok_completion_tokens` and `tokens`
+(int64, completion tokens of successes; prompt + completion tokens of all), `cost_usd`
+(float64), then the latency percentiles of successes (`p50_s`, ...). The provider comparison
+is made from it (`analysis.comparison_from_totals`) without reading every record.
 """
 
 from __future__ import annotations
@@ -163,6 +171,19 @@ class History(Protocol):
         """Latency percentiles of successful, non-health-check attempts; percentiles frame."""
         ...
 
+    async def request_totals(
+        self,
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        model_group: Filter = None,
+        provider: Filter = None,
+        q: Sequence[float] = DEFAULT_QUANTILES,
+        include_health_checks: bool = False,
+    ) -> pd.DataFrame:
+        """Model group × deployment totals of the attempts in `[start, end]`; totals frame."""
+        ...
+
 
 _RELATIVE = re.compile(r"^(?:now)?\s*([+-])\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -266,12 +287,23 @@ def series_frame(
     times_s: np.ndarray, values: np.ndarray, labels: Mapping[str, Sequence[str | None]]
 ) -> pd.DataFrame:
     """A series frame from epoch seconds, values and label columns (made categorical)."""
-    frame = pd.DataFrame(
-        {"time": epoch_to_time(times_s), "value": np.asarray(values, dtype="float64")}
+    return coded_series_frame(
+        times_s, values, {name: pd.Categorical(list(labels[name])) for name in labels}
     )
+
+
+def coded_series_frame(
+    times_s: np.ndarray, values: np.ndarray, labels: Mapping[str, pd.Categorical]
+) -> pd.DataFrame:
+    """A series frame from epoch seconds, values and ready-made categorical label columns:
+    a store that knows each row's series builds them from codes, without reading a string
+    per row."""
+    columns: dict[str, object] = {
+        "time": epoch_to_time(times_s), "value": np.asarray(values, dtype="float64"),
+    }
     for name in sorted(labels):
-        frame[name] = pd.Categorical(list(labels[name]))
-    return frame
+        columns[name] = labels[name]
+    return pd.DataFrame(columns)
 
 
 def empty_series_frame(label_names: Sequence[str] = ()) -> pd.DataFrame:

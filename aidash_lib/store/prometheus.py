@@ -283,6 +283,28 @@ class PrometheusHistory:
             status=status, error_text=error_text, limit=limit,
         )
 
+    async def request_totals(
+        self,
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        model_group: Filter = None,
+        provider: Filter = None,
+        q: Sequence[float] = DEFAULT_QUANTILES,
+        include_health_checks: bool = False,
+    ) -> pd.DataFrame:
+        """Totals of per-request records: from the SQLite store (as `requests`)."""
+        if self.store is None:
+            raise NotAvailable(
+                "request_totals() needs the SQLite store: Prometheus keeps counters and "
+                "histograms, not per-request records. Pass store=SqliteHistory(path) to "
+                "PrometheusHistory."
+            )
+        return await self.store.request_totals(
+            start, end, model_group=model_group, provider=provider, q=q,
+            include_health_checks=include_health_checks,
+        )
+
     async def events(self, start: TimeArg, end: TimeArg, kind: Filter = None) -> pd.DataFrame:
         """aidash's events: from the SQLite store."""
         if self.store is None:

@@ -766,6 +766,24 @@ class SqliteHistory:
             include_health_checks=include_health_checks, column=column,
         )
 
+    async def request_totals(
+        self,
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        model_group: Filter = None,
+        provider: Filter = None,
+        q: Sequence[float] = (0.5, 0.95, 0.99),
+        include_health_checks: bool = False,
+    ) -> pd.DataFrame:
+        """Model group × deployment totals of the attempts that started in `[start, end]`,
+        computed where the rows live (DuckDB): the totals frame of `store.history`, what
+        `analysis.comparison_from_totals` turns into the provider comparison."""
+        return await asyncio.to_thread(
+            self.request_totals_now, start, end, model_group=model_group, provider=provider,
+            q=q, include_health_checks=include_health_checks,
+        )
+
     # -- the same, synchronously (scripts, benchmarks, worker threads) -----------------------
 
     def requests_now(
@@ -875,6 +893,67 @@ class SqliteHistory:
         frame.attrs["exact"] = True
         return frame
 
+    def request_totals_now(
+        self,
+        start: TimeArg,
+        end: TimeArg,
+        *,
+        model_group: Filter = None,
+        provider: Filter = None,
+        q: Sequence[float] = (0.5, 0.95, 0.99),
+        include_health_checks: bool = False,
+    ) -> pd.DataFrame:
+        """`request_totals`, blocking the calling thread."""
+        import numpy as np
+        import pandas as pd
+
+        from aidash_lib.store.history import as_filter, check_quantiles, quantile_column, window
+
+        start_s, end_s = window(start, end)
+        qs = check_quantiles(q)
+        where = ["started_s >= $start", "started_s <= $end"]
+        params: dict[str, Any] = {"start": start_s, "end": end_s, "q": list(qs)}
+        if not include_health_checks:
+            where.append("NOT is_health_check")
+        for column, value in (("requested_group", model_group), ("provider", provider)):
+            values = as_filter(value)
+            if values is not None:
+                where.append(f"list_contains(${column}, {column})")
+                params[column] = list(values)
+        ok = "status = 'success'"
+        sql = (
+            "SELECT requested_group, deployment_id, "
+            "first(model ORDER BY started_s, id) FILTER (WHERE model IS NOT NULL) AS model, "
+            "first(provider ORDER BY started_s, id) FILTER (WHERE provider IS NOT NULL) "
+            "AS provider, count(*) AS requests, "
+            "count(*) FILTER (WHERE status = 'failure') AS failures, "
+            f"coalesce(sum(latency_s) FILTER (WHERE {ok}), 0) AS ok_seconds, "
+            f"coalesce(sum(completion_tokens) FILTER (WHERE {ok}), 0) AS ok_completion_tokens, "
+            "coalesce(sum(prompt_tokens + completion_tokens), 0) AS tokens, "
+            "coalesce(sum(cost_usd), 0) AS cost_usd, "
+            f"quantile_cont(latency_s, $q) FILTER (WHERE {ok} AND latency_s IS NOT NULL) AS q "
+            f"FROM ({{source}}) WHERE {' AND '.join(where)} "
+            "GROUP BY requested_group, deployment_id "
+            "ORDER BY requested_group NULLS LAST, deployment_id NULLS LAST"
+        )
+        needed = ("id", "started_s", "status", "is_health_check", "requested_group",
+                  "deployment_id", "model", "provider", "latency_s", "prompt_tokens",
+                  "completion_tokens", "cost_usd")
+        table = self._duck_query(sql, params, needed, start_s, end_s)
+        frame = pd.DataFrame({
+            name: pd.Categorical(table.column(name).to_pylist())
+            for name in ("requested_group", "deployment_id", "model", "provider")
+        })
+        for name, dtype in (("requests", "int64"), ("failures", "int64"),
+                            ("ok_seconds", "float64"), ("ok_completion_tokens", "int64"),
+                            ("tokens", "int64"), ("cost_usd", "float64")):
+            frame[name] = table.column(name).to_numpy(zero_copy_only=False).astype(dtype)
+        values = [v if v is not None else [None] * len(qs) for v in table.column("q").to_pylist()]
+        matrix = np.array(values, dtype="float64").reshape(-1, len(qs))
+        for i, quantile in enumerate(qs):
+            frame[quantile_column(quantile)] = matrix[:, i]
+        return frame
+
     def series_now(
         self,
         metric: str,
@@ -887,9 +966,10 @@ class SqliteHistory:
     ) -> pd.DataFrame:
         """`series`, blocking the calling thread."""
         import numpy as np
+        import pandas as pd
 
         from aidash_lib.sources.prometheus import choose_step
-        from aidash_lib.store.history import empty_series_frame, series_frame, window
+        from aidash_lib.store.history import coded_series_frame, empty_series_frame, window
 
         start_s, end_s = window(start, end)
         if step_s is not None and points is not None:
@@ -937,13 +1017,17 @@ class SqliteHistory:
         values = np.array([r[2] for r in rows], dtype="float64")
         ranked = sorted(found, key=lambda i: sorted(found[i].items()))
         rank = {series_id: k for k, series_id in enumerate(ranked)}
-        order = np.lexsort((times, np.array([rank[i] for i in series_ids])))
-        series_ids = series_ids[order]
-        return series_frame(
-            times[order],
-            values[order],
-            {name: [found[i].get(name) for i in series_ids] for name in names},
-        )
+        row_rank = np.array([rank[i] for i in series_ids], dtype="int64")
+        order = np.lexsort((times, row_rank))
+        row_rank = row_rank[order]
+        labels = {}
+        for name in names:  # per series, then per row: no string is read row by row
+            categories = sorted({v for v in (found[i].get(name) for i in ranked) if v is not None})
+            code = {value: k for k, value in enumerate(categories)}
+            by_rank = np.array([code.get(found[i].get(name), -1) for i in ranked], dtype="int64")
+            labels[name] = pd.Categorical.from_codes(
+                by_rank[row_rank], categories=pd.Index(categories, dtype="str"))
+        return coded_series_frame(times[order], values[order], labels)
 
     def events_now(self, start: TimeArg, end: TimeArg, kind: Filter = None) -> pd.DataFrame:
         """`events`, blocking the calling thread."""

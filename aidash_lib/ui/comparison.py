@@ -2,10 +2,11 @@
 error rate, P50 / P95 / P99, tokens per second, cost per 1k tokens), coloured against the
 `error_rate_percent` and `p95_latency_s` thresholds.
 
-Reads the request records of the window (`history.requests`, filtered by the view) through
-`analysis.provider_comparison`. Without request records (the gateway's aidash logger is not
-enabled), the same matrix from the recorder's per-deployment series, with what they cannot
-give left empty.
+Reads the totals of the window's request records, computed in the store
+(`history.request_totals`, filtered by the view; a window of a million requests is never read
+into the kernel), through `analysis.comparison_from_totals`. Without request records (the
+gateway's aidash logger is not enabled), the same matrix from the recorder's per-deployment
+series, with what they cannot give left empty.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from aidash_lib.analysis import provider_comparison
+from aidash_lib.analysis import comparison_from_totals
 from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import (
     Cell,
@@ -99,12 +100,12 @@ class ComparisonPanel(PanelBase):
 
     async def _update(self, view: DashboardView) -> None:
         window = view.window(time.time())
-        records = await self.history.requests(
+        totals = await self.history.request_totals(
             *window, model_group=view.model_group, provider=view.provider)
-        if not records.empty:
-            frame = provider_comparison(records)
-            source = (f"From {len(records):,} request records in the last {view.range_name} "
-                      "(health checks left out).")
+        if not totals.empty:
+            frame = comparison_from_totals(totals)
+            source = (f"From {int(totals['requests'].sum()):,} request records in the last "
+                      f"{view.range_name} (health checks left out).")
             exact = True
         else:
             frame = await self._from_series(view, window)

@@ -245,9 +245,9 @@ class DeploymentsPanel(PanelBase):
         start, end = window
         listed, _ = await latest_deployments(self.history, end)
         labels = {"model_group": view.model_group} if view.model_group else None
-        states = last_values(await self.history.series(
-            "gateway_deployment_state", max(start, end - 900), end, labels=labels),
-            "deployment_id")
+        state_frame = await self.history.series(
+            "gateway_deployment_state", max(start, end - 900), end, labels=labels)
+        states = last_values(state_frame, "deployment_id")
         step = max(60.0, (end - start) / 600)
         requests = await self.history.series("gateway_deployment_requests_per_min", start, end,
                                              labels=labels)
@@ -258,8 +258,7 @@ class DeploymentsPanel(PanelBase):
         p95 = await self.history.series("gateway_deployment_latency_p95_s", start, end,
                                         labels=labels, step_s=step)
         known = {d.deployment_id: d for d in listed}
-        for frame in (requests, await self.history.series(
-                "gateway_deployment_state", max(start, end - 900), end, labels=labels)):
+        for frame in (requests, state_frame):
             if frame.empty:
                 continue
             pairs = frame[["deployment_id", "model_group"]].astype("object").drop_duplicates()

@@ -65,6 +65,46 @@ def test_store_and_analysis_percentiles_agree(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(pushed, in_pandas, check_exact=False, rtol=1e-12)
 
 
+def test_store_totals_give_the_same_provider_comparison_as_pandas(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    rng = np.random.default_rng(3)
+
+    def attempt(i: int) -> object:
+        changes: dict[str, object] = {"latency_s": float(rng.lognormal(0, 1))}
+        if i % 97 == 5:
+            changes.update(deployment_id=None, model=None, provider=None, status="failure")
+        if i % 31 == 7:
+            changes["latency_s"] = None  # unknown latency: not in the sums or percentiles
+        if i >= 2990:
+            changes.update(requested_group="only-failures", status="failure")
+        return record(i, **changes)
+
+    store = SqliteStore(path)
+    store.write_requests(attempt(i) for i in range(3000))
+    store.compact(NOW - 3600 + 2000, force=True)  # some rows in a segment, some in SQLite
+    history = SqliteHistory(path)
+    groups = sorted({str(g) for g in history.requests_now(NOW - 7200, NOW)["requested_group"]})
+    assert "only-failures" in groups
+    for filters, health in (({}, False), ({}, True), ({"model_group": groups[0]}, False),
+                            ({"provider": "openai"}, False),
+                            ({"model_group": groups[1:], "provider": "hosted_vllm"}, False)):
+        records = history.requests_now(NOW - 7200, NOW, **filters)
+        in_pandas = analysis.provider_comparison(records, include_health_checks=health)
+        totals = history.request_totals_now(NOW - 7200, NOW, include_health_checks=health,
+                                            **filters)
+        pd.testing.assert_frame_equal(
+            analysis.request_totals(records, include_health_checks=health), totals,
+            check_categorical=False, check_exact=False, rtol=1e-12)
+        pushed = analysis.comparison_from_totals(totals)
+        pd.testing.assert_frame_equal(pushed, in_pandas, check_categorical=False,
+                                      check_exact=False, rtol=1e-12)
+    assert pushed["requests"].sum() > 0
+    everything = history.request_totals_now(NOW - 7200, NOW)
+    assert everything["deployment_id"].isna().any()  # attempts that reached no deployment
+    assert np.isnan(everything.loc[everything["requested_group"] == "only-failures",
+                                   "p95_s"]).all()
+
+
 def test_health_checks_are_left_out_by_default(requests: pd.DataFrame) -> None:
     checks = requests["is_health_check"].sum()
     assert checks > 0

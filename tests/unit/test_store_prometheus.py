@@ -76,6 +76,8 @@ async def test_requests_and_events_need_the_store(
         await history.requests("-1h", "now")
     with pytest.raises(NotAvailable, match="events\\(\\) needs the SQLite store"):
         await history.events("-1h", "now")
+    with pytest.raises(NotAvailable, match="request_totals\\(\\) needs the SQLite store"):
+        await history.request_totals("-1h", "now")
     with pytest.raises(NotAvailable, match="no label for \\['provider'\\]"):
         await history.latency_percentiles("-1h", "now", by=("provider",))
     from aidash_lib.store.sqlite import SqliteStore
@@ -85,3 +87,5 @@ async def test_requests_and_events_need_the_store(
     with_store = PrometheusHistory(history.source, store=SqliteHistory(tmp_path / "h.sqlite"))
     assert len(await with_store.requests(NOW - 7200, NOW)) == 1
     assert len(await with_store.events(NOW - 7200, NOW)) == 0
+    totals = await with_store.request_totals(NOW - 7200, NOW)
+    assert totals["requests"].tolist() == [1]
