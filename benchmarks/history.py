@@ -4,7 +4,8 @@ The floor is pandas `groupby().quantile()` on the same rows already in memory (g
 category); the value is `SqliteHistory.latency_percentiles` over the store (Parquet segments
 made by `maintain()` plus a small SQLite head), called as a notebook would. Also printed: the
 ingest rate of `SqliteStore.write_requests` against a bare `executemany` of the same rows, the
-compaction, reading all rows back as a DataFrame, and downsampling 1,000,000 points to 2,000.
+compaction, reading all rows back as a DataFrame, the provider comparison from the store's totals
+against pandas on every row, and downsampling 1,000,000 points to 2,000.
 
 Run: `python benchmarks/history.py [--rows N] [--repeat K]`. The last line is the JSON figure.
 """
@@ -24,7 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aidash_lib.analysis import downsample, downsample_indices
+from aidash_lib.analysis import (
+    comparison_from_totals,
+    downsample,
+    downsample_indices,
+    provider_comparison,
+)
 from aidash_lib.store.schema import (
     REQUEST_COLUMNS,
     RequestRecord,
@@ -193,6 +199,25 @@ def main() -> None:
 
         read_s = median_s(lambda: history.requests_now(*window), 3)
         print(f"requests(): all {rows:,} rows as a typed DataFrame in {read_s:.2f} s")
+
+        everything = history.requests_now(*window)
+        totals_s, in_memory_s = medians_s(
+            [lambda: comparison_from_totals(history.request_totals_now(*window)),
+             lambda: provider_comparison(everything)], 3)
+        try:
+            pd.testing.assert_frame_equal(
+                provider_comparison(everything),
+                comparison_from_totals(history.request_totals_now(*window)),
+                check_categorical=False, check_exact=False, rtol=1e-9)
+            same = True
+        except AssertionError:
+            same = False
+        print(
+            f"provider comparison over {rows:,} requests: from the store's totals "
+            f"{totals_s * 1000:.0f} ms; pandas on the rows already in memory "
+            f"{in_memory_s * 1000:.0f} ms, after reading them {read_s + in_memory_s:.2f} s "
+            f"(the panel's way before request_totals); identical frames: {same}"
+        )
         history.close()
         loop.close()
 
