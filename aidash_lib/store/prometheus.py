@@ -250,8 +250,8 @@ PERCENTILE_GROUPS: Mapping[str, str] = {"requested_group": "requested_model", "m
 class PrometheusHistory:
     """The history interface over a Prometheus server (see the module docstring).
 
-    `store` (a `SqliteHistory`, or any `History`) answers `requests` and `events`; `metrics`
-    may add or replace metric names.
+    `store` (a `SqliteHistory`, or any `History`) answers `requests`, `request_totals` and
+    `events`; `metrics` may add or replace metric names.
     """
 
     source: PrometheusSource
@@ -273,12 +273,7 @@ class PrometheusHistory:
         limit: int | None = None,
     ) -> pd.DataFrame:
         """Per-request records: from the SQLite store (Prometheus holds only aggregates)."""
-        if self.store is None:
-            raise NotAvailable(
-                "requests() needs the SQLite store: Prometheus keeps counters and histograms, "
-                "not per-request records. Pass store=SqliteHistory(path) to PrometheusHistory."
-            )
-        return await self.store.requests(
+        return await self._records_store("requests").requests(
             start, end, model_group=model_group, deployment=deployment, provider=provider,
             status=status, error_text=error_text, limit=limit,
         )
@@ -294,16 +289,19 @@ class PrometheusHistory:
         include_health_checks: bool = False,
     ) -> pd.DataFrame:
         """Totals of per-request records: from the SQLite store (as `requests`)."""
-        if self.store is None:
-            raise NotAvailable(
-                "request_totals() needs the SQLite store: Prometheus keeps counters and "
-                "histograms, not per-request records. Pass store=SqliteHistory(path) to "
-                "PrometheusHistory."
-            )
-        return await self.store.request_totals(
+        return await self._records_store("request_totals").request_totals(
             start, end, model_group=model_group, provider=provider, q=q,
             include_health_checks=include_health_checks,
         )
+
+    def _records_store(self, method: str) -> History:
+        """The store that answers `method` with per-request records, or why there is none."""
+        if self.store is None:
+            raise NotAvailable(
+                f"{method}() needs the SQLite store: Prometheus keeps counters and histograms, "
+                "not per-request records. Pass store=SqliteHistory(path) to PrometheusHistory."
+            )
+        return self.store
 
     async def events(self, start: TimeArg, end: TimeArg, kind: Filter = None) -> pd.DataFrame:
         """aidash's events: from the SQLite store."""

@@ -805,13 +805,7 @@ class SqliteHistory:
         start_s, end_s = window(start, end)
         where = ["started_s >= $start", "started_s <= $end"]
         params: dict[str, Any] = {"start": start_s, "end": end_s}
-        for column, value in (
-            ("requested_group", model_group), ("provider", provider), ("status", status),
-        ):
-            values = as_filter(value)
-            if values is not None:
-                where.append(f"list_contains(${column}, {column})")
-                params[column] = list(values)
+        _where_in(where, params, requested_group=model_group, provider=provider, status=status)
         deployments = as_filter(deployment)
         if deployments is not None:
             where.append(
@@ -907,7 +901,7 @@ class SqliteHistory:
         import numpy as np
         import pandas as pd
 
-        from aidash_lib.store.history import as_filter, check_quantiles, quantile_column, window
+        from aidash_lib.store.history import check_quantiles, quantile_column, window
 
         start_s, end_s = window(start, end)
         qs = check_quantiles(q)
@@ -915,11 +909,7 @@ class SqliteHistory:
         params: dict[str, Any] = {"start": start_s, "end": end_s, "q": list(qs)}
         if not include_health_checks:
             where.append("NOT is_health_check")
-        for column, value in (("requested_group", model_group), ("provider", provider)):
-            values = as_filter(value)
-            if values is not None:
-                where.append(f"list_contains(${column}, {column})")
-                params[column] = list(values)
+        _where_in(where, params, requested_group=model_group, provider=provider)
         ok = "status = 'success'"
         sql = (
             "SELECT requested_group, deployment_id, "
@@ -1233,6 +1223,17 @@ def _to_arrow(relation: Any) -> pa.Table:
             result = method()
             return result.read_all() if hasattr(result, "read_all") else result
     raise RuntimeError("this DuckDB cannot return Arrow tables")
+
+
+def _where_in(where: list[str], params: dict[str, Any], **filters: Filter) -> None:
+    """Add `column IN (values)` to a DuckDB query for each filter given (None: no filter)."""
+    from aidash_lib.store.history import as_filter
+
+    for column, value in filters.items():
+        values = as_filter(value)
+        if values is not None:
+            where.append(f"list_contains(${column}, {column})")
+            params[column] = list(values)
 
 
 def _requests_frame(table: pa.Table) -> pd.DataFrame:
