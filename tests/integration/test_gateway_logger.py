@@ -206,11 +206,12 @@ def test_no_secret_prompt_or_response_in_the_store(
 def test_percentiles_agree_with_the_gateway_histograms(
     mix: MixResult, litellm_logged_gateway: LoggedGateway,
 ) -> None:
-    """Exact P50/P95 of the records' latency per served group versus histogram_quantile over
-    `litellm_request_total_latency_metric`: equal counts, and the exact value in the estimate's
-    bucket or the one next to it. The proxy observes its histogram a little after the logging
-    object's end time (after its post-call hooks), so a tail quantile can cross one bucket
-    boundary, never more."""
+    """The records' latencies against the gateway's `litellm_request_total_latency_metric`, per
+    served group: equal counts; at every bucket bound at least as many records as the gateway
+    counted (the proxy observes its histogram after the logging object's end time, after its
+    post-call hooks, so its value of a request is never smaller); and the exact median in the
+    bucket of histogram_quantile's estimate or the one next to it. The tail is not compared:
+    on a loaded machine the hooks' delay is unbounded and moves single requests across bounds."""
     gateway, store = litellm_logged_gateway.gateway, litellm_logged_gateway.store_path
     gateway.chat(40, model="gpt-4o-mini")
     gateway.chat(20, model="claude-haiku")
@@ -237,13 +238,15 @@ def test_percentiles_agree_with_the_gateway_histograms(
     for group in ("gpt-4o-mini", "claude-haiku"):
         buckets = hist[(group,)]
         latencies = rows[rows.group == group].latency_s
-        for q in (0.5, 0.95):
-            estimate = buckets.quantile(q)
-            exact = float(latencies.quantile(q))
-            assert estimate is not None
-            bounds = [le for le, _ in buckets.buckets]
-            assert abs(bisect_left(bounds, exact) - bisect_left(bounds, estimate)) <= 1, (
-                group, q, exact, estimate)
+        for le, gateway_count in buckets.buckets:
+            records_count = int((latencies <= le + 1e-6).sum())  # float seconds vs timedelta
+            assert records_count >= gateway_count, (group, le, records_count, gateway_count)
+        estimate = buckets.quantile(0.5)
+        exact = float(latencies.median())
+        assert estimate is not None
+        bounds = [le for le, _ in buckets.buckets]
+        assert abs(bisect_left(bounds, exact) - bisect_left(bounds, estimate)) <= 1, (
+            group, exact, estimate)
 
 
 def test_gateway_keeps_serving_when_the_store_is_unwritable(
