@@ -1,5 +1,6 @@
 """What several panels read from the store besides plain series: the last deployments list,
-which sources are in a fault now, the last value of a metric, and rates summed over a window.
+which sources are in a fault now, the request totals of a window, the last value of a metric,
+and rates summed over a window.
 
 Everything here reads the `History` interface only (never a source). Inside `shared_reads()`
 (one refresh of the whole dashboard) each of these reads is made once and shared by the panels.
@@ -122,6 +123,20 @@ async def _latest_deployments(
         return [], None
     last = events.iloc[-1]
     return parse_deployments(str(last["detail"])), _epoch(last["time"])
+
+
+async def request_totals(
+    history: History,
+    window: tuple[float, float],
+    *,
+    model_group: str | None = None,
+    provider: str | None = None,
+) -> pd.DataFrame:
+    """`History.request_totals` over `window` (health checks left out), read once per refresh
+    for each filter: the provider comparison and the deployments table both use it."""
+    key = (id(history), "request_totals", round(window[1] - window[0]), model_group, provider)
+    return await _shared(key, lambda: history.request_totals(
+        *window, model_group=model_group, provider=provider))
 
 
 async def open_faults(history: History, end_s: float) -> dict[str, SourceFault]:

@@ -35,6 +35,7 @@ from aidash_lib.ui.common import (
     gateway_health,
     latest_deployments,
     rate_total,
+    request_totals,
     window_mean,
 )
 from aidash_lib.ui.view import DashboardView
@@ -100,8 +101,8 @@ class ComparisonPanel(PanelBase):
 
     async def _update(self, view: DashboardView) -> None:
         window = view.window(time.time())
-        totals = await self.history.request_totals(
-            *window, model_group=view.model_group, provider=view.provider)
+        totals = await request_totals(self.history, window, model_group=view.model_group,
+                                      provider=view.provider)
         if not totals.empty:
             frame = comparison_from_totals(totals)
             source = (f"From {int(totals['requests'].sum()):,} request records in the last "

@@ -5,10 +5,10 @@ recent errors, its fallback targets (configured and observed), its latency and t
 Reads: the last `deployments` event (the list, with provider and api_base), the series
 `gateway_deployment_state`, `gateway_deployment_cooldowns`, `gateway_deployment_requests_per_min`,
 `gateway_deployment_errors_per_min`, `gateway_deployment_latency_p{50,95,99}_s`; when the
-gateway's aidash logger records requests, exact counts and P95 (`latency_percentiles`), the
-recent failures (`requests`) and the fallbacks observed (attempts sharing a call id). The
-configured fallbacks come from the LiteLLM config named in the settings (`routing:`), read
-only.
+gateway's aidash logger records requests, exact counts (`request_totals`) and P95
+(`latency_percentiles`), the recent failures of the one selected (`requests`) and the
+fallbacks observed (attempts sharing a call id). The configured fallbacks come from the
+LiteLLM config named in the settings (`routing:`), read only.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from aidash_lib.ui.common import (
     last_values,
     latest_deployments,
     rate_total,
+    request_totals,
     window_mean,
 )
 from aidash_lib.ui.traffic import chart_row
@@ -295,19 +296,21 @@ class DeploymentsPanel(PanelBase):
 
     async def _exact(self, window: tuple[float, float]
                      ) -> tuple[dict[str, int], dict[str, int], dict[str, float]] | None:
-        """Counts and P95 per deployment from request records, or None without records."""
+        """Successes, failures and P95 per deployment from request records (health checks
+        left out), aggregated in the store; None without records."""
+        totals = await request_totals(self.history, window)
         table = await self.history.latency_percentiles(*window, by=("deployment_id",), q=(0.95,))
-        successes = {str(r.deployment_id): int(r.requests) for r in table.itertuples()}
         p95 = {str(r.deployment_id): float(r.p95_s) for r in table.itertuples()}
-        failed = await self.history.requests(*window, status="failure")
-        self.has_records = not (table.empty and failed.empty)
+        self.has_records = not (totals.empty and table.empty)
         if not self.has_records:
             return None
-        if not failed.empty:
-            failed = failed[~failed["is_health_check"]]
-        failures = failed["deployment_id"].astype("object").value_counts().to_dict() \
-            if not failed.empty else {}
-        return successes, {str(k): int(v) for k, v in failures.items()}, p95
+        served = totals[totals["deployment_id"].notna()]
+        by_deployment = served.groupby("deployment_id", observed=True)[
+            ["requests", "failures"]].sum()
+        failures = {str(k): int(v) for k, v in by_deployment["failures"].items()}
+        successes = {str(k): int(v) for k, v in
+                     (by_deployment["requests"] - by_deployment["failures"]).items()}
+        return successes, failures, p95
 
     def _render_table(self, rows: list[DeploymentRow], view: DashboardView) -> None:
         th = self.settings.thresholds

@@ -374,6 +374,10 @@ class RequestInspector(PanelBase):
         super().__init__(history, settings, title=title)
         self.page_size = page_size
         self.poll_s = poll_s
+        #: When a dashboard refresh starts the feed, its first poll comes this much later
+        #: (None: one dashboard tick, `refresh_s`): the page that refresh filled is still
+        #: being drawn, and a new table sent meanwhile is drawn twice.
+        self.first_poll_s: float | None = None
         self.link_template = link_template
         self.csv_max_rows = csv_max_rows
         self.page: RequestPage | None = None
@@ -645,12 +649,14 @@ class RequestInspector(PanelBase):
             task.cancel()
         self._show_live()
 
-    async def _poll(self, max_ticks: int, *, first: bool = True) -> None:
+    async def _poll(self, max_ticks: int, *, first: bool = True,
+                    wait_s: float | None = None) -> None:
         if first:
             await self.refresh(self.view)
         ticks = 0
         while not max_ticks or ticks < max_ticks:
-            await asyncio.sleep(self.poll_s)
+            await asyncio.sleep(self.poll_s if wait_s is None else wait_s)
+            wait_s = None
             ticks += 1
             try:
                 await self.poll()
@@ -701,7 +707,7 @@ class RequestInspector(PanelBase):
         """Read the store for `view` and update (never raises but `CancelledError`). A live
         tick of the dashboard for the same view reads only when the store has new requests
         (`poll`); inside the dashboard the inspector's own live feed starts with the first
-        refresh."""
+        refresh, its first poll `first_poll_s` later."""
         if live and (view is None or view == self._refreshed_view) and self.page is not None:
             await self.poll()
             return
@@ -709,7 +715,11 @@ class RequestInspector(PanelBase):
         if self._live_wanted and self._fixed is None and self._poll_task is None:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop()
-                self._poll_task = asyncio.ensure_future(self._poll(0, first=False))
+                wait_s = self.first_poll_s
+                if wait_s is None:
+                    wait_s = max(self.poll_s, self.settings.dashboard.refresh_s)
+                self._poll_task = asyncio.ensure_future(self._poll(0, first=False,
+                                                                   wait_s=wait_s))
                 self._task = self._poll_task
                 self._show_live()
 

@@ -57,7 +57,8 @@ def parse_top_processes(detail: str) -> dict[str, list[dict[str, Any]]]:
 
 
 class MachinePanel(PanelBase):
-    """CPU, memory, disk, network and load over time; the top processes."""
+    """CPU, memory, disk, and network with disk I/O over time; load and the rest now; the top
+    processes."""
 
     css_class = "aidash-machine"
     title = "Machine"
@@ -81,13 +82,10 @@ class MachinePanel(PanelBase):
         self.disk = TimeSeriesChart("Disk used", unit="%", y_max=100,
                                     threshold=th.get("disk_percent"), css="aidash-chart-disk",
                                     **size)
-        self.network = TimeSeriesChart("Network", unit="B/s", css="aidash-chart-network",
-                                       tick_format="~s", **size)
-        self.disk_io = TimeSeriesChart("Disk I/O", unit="B/s", css="aidash-chart-disk-io",
-                                       tick_format="~s", **size)
-        self.load = TimeSeriesChart("Load (1 min)", unit="", css="aidash-chart-load",
-                                    tick_format=".2~f", **size)
-        self.charts = [self.cpu, self.memory, self.disk, self.network, self.disk_io, self.load]
+        # Network and disk traffic share one chart (both B/s): each figure costs the page.
+        self.network = TimeSeriesChart("Network and disk I/O", unit="B/s",
+                                       css="aidash-chart-network", tick_format="~s", **size)
+        self.charts = [self.cpu, self.memory, self.disk, self.network]
         self.processes = shared.html("", "aidash-top-processes")
         self.body.children = [self.summary, chart_row(self.charts), self.processes]
 
@@ -103,17 +101,17 @@ class MachinePanel(PanelBase):
         cpu = await self._series("system_cpu_percent", window, step)
         memory = await self._series("system_memory_used_percent", window, step)
         disk = await self._series("system_disk_used_percent", window, step)
-        rx = await self._series("system_net_rx_bytes_per_s", window, step, dir="received")
-        tx = await self._series("system_net_tx_bytes_per_s", window, step, dir="sent")
-        read = await self._series("system_disk_read_bytes_per_s", window, step, dir="read")
-        write = await self._series("system_disk_write_bytes_per_s", window, step, dir="written")
-        load = await self._series("system_load_1m", window, step)
+        rx = await self._series("system_net_rx_bytes_per_s", window, step, dir="net in")
+        tx = await self._series("system_net_tx_bytes_per_s", window, step, dir="net out")
+        read = await self._series("system_disk_read_bytes_per_s", window, step, dir="disk read")
+        write = await self._series("system_disk_write_bytes_per_s", window, step,
+                                   dir="disk write")
+        recent = max(window[0], window[1] - 600)
+        load = await self.history.series("system_load_1m", recent, window[1])
         self.cpu.set_frame(cpu, window, label=lambda _: "CPU")
         self.memory.set_frame(memory, window, label=lambda _: "memory")
         self.disk.set_frame(disk, window, label="path")
-        self.network.set_frame(pd.concat([rx, tx]), window, label="dir")
-        self.disk_io.set_frame(pd.concat([read, write]), window, label="dir")
-        self.load.set_frame(load, window, label=lambda _: "load 1m")
+        self.network.set_frame(pd.concat([rx, tx, read, write]), window, label="dir")
         await self._summary(window, cpu, memory, disk, rx, tx, load)
         await self._processes(window[1], now)
         faults = await open_faults(self.history, window[1])

@@ -285,6 +285,38 @@ def _descendants(widget: Any) -> list[Any]:
     return found
 
 
+async def test_the_feed_polls_one_tick_after_the_refresh_that_starts_it(
+    store: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a preheated kernel the page's first refresh starts the feed; that page is still
+    being drawn, so the feed's first poll waits one dashboard tick (`refresh_s`), then it polls
+    every `poll_s`."""
+    from aidash_lib.ui import dashboard as dashboard_module
+
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    monkeypatch.setattr(dashboard_module, "page_query_string", lambda: "range=1h")
+    dashboard = Dashboard.from_environment({"AIDASH_STORE": str(store), "AIDASH_MAX_TICKS": "1"})
+    inspector = dashboard.panels["requests"]
+    assert isinstance(inspector, RequestInspector)
+    assert dashboard.settings.dashboard.refresh_s == 5
+    inspector.poll_s = 0.05
+    try:
+        await dashboard.prepare()
+        await dashboard.run_for_page()
+        polls = inspector.polls
+        await asyncio.sleep(0.5)
+        assert inspector.polls == polls  # 10 poll_s later: still waiting for the tick
+        assert 'data-live="live"' in inspector.live_html.value
+        inspector.rest()  # the next refresh starts the feed again
+        inspector.first_poll_s = 0.05
+        await dashboard.refresh()
+        await asyncio.sleep(0.5)
+        assert inspector.polls > polls
+    finally:
+        dashboard.stop()
+        inspector.stop()
+
+
 async def test_a_preheated_kernel_waits_for_its_page_without_polling(
     store: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -298,6 +330,8 @@ async def test_a_preheated_kernel_waits_for_its_page_without_polling(
     inspector = dashboard.panels["requests"]
     assert isinstance(inspector, RequestInspector)
     inspector.poll_s = 0.05
+    assert inspector.first_poll_s is None  # by default one dashboard tick after the refresh
+    inspector.first_poll_s = 0.05
     try:
         await dashboard.prepare()
         assert inspector.page is not None and inspector.page.total > 0  # read before the page

@@ -212,7 +212,10 @@ async def test_machine_panel(history: SqliteHistory, settings: Settings) -> None
     await panel.refresh(VIEW)
     assert panel.last_error is None
     assert panel.disk.names == ["/"]
-    assert panel.network.names == ["received", "sent"]
+    assert panel.network.names == ["disk read", "disk write", "net in", "net out"]
+    assert [c.title for c in panel.charts] == ["CPU", "Memory used", "Disk used",
+                                               "Network and disk I/O"]
+    assert 0.0 <= float(cells(panel.summary.value, "load_1m")[0]) <= 2.0  # the load, now
     assert panel.cpu.threshold_lines.y.tolist() == [[85, 85], [95, 95]]
     assert panel.memory.threshold_lines.y.tolist() == [[85, 85], [95, 95]]
     assert float(cells(panel.summary.value, "disk_percent")[0]) == 71.5
