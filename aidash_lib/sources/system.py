@@ -191,13 +191,19 @@ class SystemSource:
 
     def _prime(self) -> None:
         with self._lock:
-            self._processes, self._processes_at = self._scan_processes(), self._clock()
+            self._baseline_processes()
             self._io, self._io_at = self._io_counters(), self._clock()
 
     def _sample_processes_first(self) -> None:
         with self._lock:
             if self._processes is None:
-                self._processes, self._processes_at = self._scan_processes(), self._clock()
+                self._baseline_processes()
+
+    def _baseline_processes(self) -> None:
+        # Stamped when the scan starts, as `_top_processes` stamps the next one: a scan can
+        # take a second on a busy machine, and the CPU time is divided by the time between.
+        at = self._clock()
+        self._processes, self._processes_at = self._scan_processes(), at
 
     def _collect(self) -> SystemSnapshot:
         with self._lock:

@@ -19,6 +19,7 @@ from aidash_lib.sources.base import to_jsonable
 from aidash_lib.sources.system import (
     IoCounters,
     SystemSource,
+    _ProcessSample,
     counter_rate,
     read_io_counters,
     shorten,
@@ -217,3 +218,24 @@ async def test_prime_makes_the_first_read_give_rates_without_waiting(monkeypatch
     snap = reading.value
     assert snap.disk_read_bytes_per_s is not None and snap.disk_read_bytes_per_s >= 0
     assert snap.net_rx_bytes_per_s is not None and snap.net_rx_bytes_per_s >= 0
+
+
+def test_process_cpu_is_over_the_time_between_the_scans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan that takes 2 s (a busy machine) must not shrink the interval a process's CPU time
+    is divided by: both scans are stamped when they start. It used to show 400 % here."""
+    now = [100.0]
+    cpu_s = iter([10.0, 11.0])  # one process used 1 s of CPU between the two reads
+    source = SystemSource(top_n=5, clock=lambda: now[0])
+
+    def slow_scan() -> dict:
+        sample = {(os.getpid(), 1.0): _ProcessSample(name="worker", cpu_s=next(cpu_s),
+                                                      rss_bytes=1)}
+        now[0] += 2.0  # read at the start of the scan, which then takes 2 s
+        return sample
+
+    monkeypatch.setattr(source, "_scan_processes", slow_scan)
+    source._sample_processes_first()  # read at 100.0
+    now[0] += 0.25  # the first read's wait (FIRST_PROCESS_SAMPLE_S)
+    top_cpu, _, _ = source._top_processes()  # read at 102.25
+    (worker,) = top_cpu
+    assert worker.cpu_percent == pytest.approx(100 * 1.0 / 2.25, abs=0.1)
