@@ -191,17 +191,17 @@ class SystemSource:
 
     def _prime(self) -> None:
         with self._lock:
-            self._baseline_processes()
+            self._rescan_processes()
             self._io, self._io_at = self._io_counters(), self._clock()
 
     def _sample_processes_first(self) -> None:
         with self._lock:
             if self._processes is None:
-                self._baseline_processes()
+                self._rescan_processes()
 
-    def _baseline_processes(self) -> None:
-        # Stamped when the scan starts, as `_top_processes` stamps the next one: a scan can
-        # take a second on a busy machine, and the CPU time is divided by the time between.
+    def _rescan_processes(self) -> None:
+        # Every scan is stamped when it starts: a scan can take a second on a busy machine,
+        # and each process's CPU time is divided by the time between two stamps.
         at = self._clock()
         self._processes, self._processes_at = self._scan_processes(), at
 
@@ -284,10 +284,9 @@ class SystemSource:
         return samples
 
     def _top_processes(self) -> tuple[tuple[TopProcess, ...], tuple[TopProcess, ...], int]:
-        now = self._clock()
-        current = self._scan_processes()
-        previous, elapsed = self._processes or {}, now - self._processes_at
-        self._processes, self._processes_at = current, now
+        previous, previous_at = self._processes or {}, self._processes_at
+        self._rescan_processes()
+        current, elapsed = self._processes or {}, self._processes_at - previous_at
         cpu: dict[_ProcessKey, float | None] = {}
         for key, sample in current.items():
             before = previous.get(key)

@@ -106,13 +106,11 @@ class MachinePanel(PanelBase):
         read = await self._series("system_disk_read_bytes_per_s", window, step, dir="disk read")
         write = await self._series("system_disk_write_bytes_per_s", window, step,
                                    dir="disk write")
-        recent = max(window[0], window[1] - 600)
-        load = await self.history.series("system_load_1m", recent, window[1])
         self.cpu.set_frame(cpu, window, label=lambda _: "CPU")
         self.memory.set_frame(memory, window, label=lambda _: "memory")
         self.disk.set_frame(disk, window, label="path")
         self.network.set_frame(pd.concat([rx, tx, read, write]), window, label="dir")
-        await self._summary(window, cpu, memory, disk, rx, tx, load)
+        await self._summary(window, cpu, memory, disk, rx, tx)
         await self._processes(window[1], now)
         faults = await open_faults(self.history, window[1])
         fault = faults.get("machine")
@@ -126,13 +124,14 @@ class MachinePanel(PanelBase):
 
     async def _summary(self, window: tuple[float, float], cpu: pd.DataFrame,
                        memory: pd.DataFrame, disk: pd.DataFrame, rx: pd.DataFrame,
-                       tx: pd.DataFrame, load: pd.DataFrame) -> None:
+                       tx: pd.DataFrame) -> None:
         th = self.settings.thresholds
         start, end = window
         recent = max(start, end - 600)
         used, _ = last_value(await self.history.series("system_memory_used_bytes", recent, end))
         total, _ = last_value(await self.history.series("system_memory_total_bytes", recent, end))
         procs, _ = last_value(await self.history.series("system_process_count", recent, end))
+        ld, _ = last_value(await self.history.series("system_load_1m", recent, end))
         c, _ = last_value(cpu)
         m, _ = last_value(memory)
         disks = last_values(disk, "path")
@@ -140,7 +139,6 @@ class MachinePanel(PanelBase):
             (None, (None, None))
         r, _ = last_value(rx)
         t, _ = last_value(tx)
-        ld, _ = last_value(load)
 
         def css(value: float | None, name: str) -> str:
             found = level(value, th.get(name))
