@@ -140,6 +140,9 @@ class _ProcessSample:
     name: str | None
     cpu_s: float
     rss_bytes: int | None
+    #: When this process was read (the source's clock): a scan reads one process after
+    #: another, and each one's CPU time is divided by the time between its own two reads.
+    read_at: float
 
 
 class SystemSource:
@@ -167,7 +170,6 @@ class SystemSource:
         self._io: IoCounters | None = None
         self._io_at: float | None = None
         self._processes: dict[_ProcessKey, _ProcessSample] | None = None
-        self._processes_at = 0.0
 
     async def read(self) -> Reading[SystemSnapshot]:
         """One snapshot of the machine, with rates since this source's previous read."""
@@ -200,10 +202,7 @@ class SystemSource:
                 self._rescan_processes()
 
     def _rescan_processes(self) -> None:
-        # Every scan is stamped when it starts: a scan can take a second on a busy machine,
-        # and each process's CPU time is divided by the time between two stamps.
-        at = self._clock()
-        self._processes, self._processes_at = self._scan_processes(), at
+        self._processes = self._scan_processes()
 
     def _collect(self) -> SystemSnapshot:
         with self._lock:
@@ -280,16 +279,18 @@ class SystemSource:
                 name=info.get("name"),
                 cpu_s=cpu_times.user + cpu_times.system,
                 rss_bytes=memory.rss if memory is not None else None,
+                read_at=self._clock(),
             )
         return samples
 
     def _top_processes(self) -> tuple[tuple[TopProcess, ...], tuple[TopProcess, ...], int]:
-        previous, previous_at = self._processes or {}, self._processes_at
+        previous = self._processes or {}
         self._rescan_processes()
-        current, elapsed = self._processes or {}, self._processes_at - previous_at
+        current = self._processes or {}
         cpu: dict[_ProcessKey, float | None] = {}
         for key, sample in current.items():
             before = previous.get(key)
+            elapsed = sample.read_at - before.read_at if before is not None else 0.0
             cpu[key] = (
                 max(0.0, (sample.cpu_s - before.cpu_s) / elapsed * 100.0)
                 if before is not None and elapsed > 0 else None

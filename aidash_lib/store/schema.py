@@ -190,10 +190,14 @@ CREATE TABLE IF NOT EXISTS recorder (
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the store in WAL mode (one writer, many readers in other processes)."""
+    """Open the store in WAL mode (one writer, many readers in other processes).
+
+    A read-only connection may be closed from another thread than the one using it (a reader
+    that keeps one connection per thread closes them all at once)."""
     path = Path(path)
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)

@@ -673,9 +673,10 @@ class SqliteStore:
 class SqliteHistory:
     """The history interface (`aidash_lib.store.history.History`) over an embedded store.
 
-    Opens the store read-only for each query, so it never blocks the recorder; request queries
-    run in DuckDB over the Parquet segments and the few rows still in SQLite, read in one
-    snapshot. Safe to share between tasks and threads.
+    Reads the store on read-only connections, so it never blocks the recorder: one per thread,
+    kept between queries (opening one costs more than a small query) and opened again when the
+    file at `path` is another one. Request queries run in DuckDB over the Parquet segments and
+    the few rows still in SQLite, read in one snapshot. Safe to share between tasks and threads.
     """
 
     #: Retries when a merge removed a segment file between listing and reading it.
@@ -688,12 +689,25 @@ class SqliteHistory:
         self.segments_dir = segments_dir(self.path)
         self._duck: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
+        #: This thread's read connection: (connection, (device, inode) of the file, generation).
+        self._reader = threading.local()
+        self._readers: set[sqlite3.Connection] = set()
+        self._readers_generation = 0
+        self._readers_lock = threading.Lock()
 
     def close(self) -> None:
+        """Close the DuckDB connection and every thread's read connection (a later query opens
+        them again)."""
         with self._lock:
             if self._duck is not None:
                 self._duck.close()
                 self._duck = None
+        with self._readers_lock:
+            readers, self._readers = self._readers, set()
+            self._readers_generation += 1
+        for conn in readers:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -1050,16 +1064,14 @@ class SqliteHistory:
     def _sqlite_read(self, read: Callable[[sqlite3.Connection], T]) -> T:
         """Run `read` in one read transaction (one consistent snapshot) on a read-only
         connection."""
-        if not self.path.exists():
+        try:
+            found = self.path.stat()
+        except FileNotFoundError:
             raise StoreUnavailable(
                 f"no store at {self.path} yet: start the recorder (`aidash record`) or check "
                 "AIDASH_STORE"
-            )
-        try:
-            conn = connect(self.path, readonly=True)
-        except sqlite3.Error as exc:
-            raise _unavailable(self.path, "read", exc) from exc
-        conn.isolation_level = None
+            ) from None
+        conn = self._read_connection((found.st_dev, found.st_ino))
         try:
             conn.execute("BEGIN")
             try:
@@ -1067,8 +1079,33 @@ class SqliteHistory:
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._drop_read_connection(conn)
             raise _unavailable(self.path, "read", exc) from exc
-        finally:
+
+    def _read_connection(self, file_id: tuple[int, int]) -> sqlite3.Connection:
+        """This thread's read-only connection to the file `file_id` names, opened if needed."""
+        held = getattr(self._reader, "held", None)
+        if held is not None:
+            conn, held_file, generation = held
+            if held_file == file_id and generation == self._readers_generation:
+                return conn
+            self._drop_read_connection(conn)
+        try:
+            conn = connect(self.path, readonly=True)
+        except sqlite3.Error as exc:
+            raise _unavailable(self.path, "read", exc) from exc
+        conn.isolation_level = None
+        with self._readers_lock:
+            self._readers.add(conn)
+            self._reader.held = (conn, file_id, self._readers_generation)
+        return conn
+
+    def _drop_read_connection(self, conn: sqlite3.Connection) -> None:
+        """Close this thread's read connection (after an error, or for another file)."""
+        self._reader.held = None
+        with self._readers_lock:
+            self._readers.discard(conn)
+        with contextlib.suppress(sqlite3.Error):
             conn.close()
 
     def _duckdb(self) -> duckdb.DuckDBPyConnection:

@@ -173,6 +173,52 @@ def test_reading_a_store_that_does_not_exist_says_so(tmp_path: Path) -> None:
         SqliteHistory(tmp_path / "none.sqlite").requests_now("-1h", "now")
 
 
+def test_reads_keep_one_connection_per_thread_and_follow_a_replaced_file(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aidash_lib.store import sqlite as sqlite_module
+
+    opened: list[str] = []
+    real_connect = sqlite_module.connect
+
+    def counting_connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+        if readonly:
+            opened.append(f"{path}")
+        return real_connect(path, readonly=readonly)
+
+    monkeypatch.setattr(sqlite_module, "connect", counting_connect)
+    with SqliteStore(store_path) as store:
+        store.write_samples([cpu(NOW - 30, 1.0)])
+    history = SqliteHistory(store_path)
+    try:
+        for _ in range(5):
+            frame = history.series_now("system_cpu_percent", NOW - 60, NOW)
+        assert list(frame["value"]) == [1.0]
+        assert len(opened) == 1, "five reads on one thread open the store once"
+        with SqliteStore(store_path) as store:  # new data reaches the kept connection
+            store.write_samples([cpu(NOW - 20, 2.0)])
+        frame = history.series_now("system_cpu_percent", NOW - 60, NOW)
+        assert list(frame["value"]) == [1.0, 2.0] and len(opened) == 1
+
+        # Another file at the same path (a restored store): read, not the old one's rows.
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+        with SqliteStore(store_path) as store:
+            store.write_samples([cpu(NOW - 10, 7.0)])
+        frame = history.series_now("system_cpu_percent", NOW - 60, NOW)
+        assert list(frame["value"]) == [7.0] and len(opened) == 2
+
+        # Each thread has its own; close() closes them all, and a later read opens again.
+        other = asyncio.run(asyncio.to_thread(
+            history.series_now, "system_cpu_percent", NOW - 60, NOW))
+        assert list(other["value"]) == [7.0] and len(opened) == 3
+        history.close()
+        frame = history.series_now("system_cpu_percent", NOW - 60, NOW)
+        assert list(frame["value"]) == [7.0] and len(opened) == 4
+    finally:
+        history.close()
+
+
 def test_open_history_picks_the_store(store_path: Path) -> None:
     assert isinstance(open_history(store_path), SqliteHistory)
     with pytest.raises(ValueError, match="give a store path"):
