@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import logging
 import math
@@ -80,8 +81,11 @@ _SECRET_PATTERNS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def mask_secrets(text: str) -> str:
-    """`text` with anything that looks like a key, a bearer token or URL credentials masked."""
+    """`text` with anything that looks like a key, a bearer token or URL credentials masked.
+    Remembered for the last few thousand texts: a refresh masks the same model names,
+    providers and errors over and over (about a thousand calls)."""
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

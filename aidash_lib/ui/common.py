@@ -158,20 +158,38 @@ async def _open_faults(history: History, end_s: float) -> dict[str, SourceFault]
     return faults
 
 
+def _epochs(frame: pd.DataFrame) -> np.ndarray:
+    """The frame's times as epoch seconds (float)."""
+    return frame["time"].to_numpy("datetime64[ns]").astype("int64") / 1e9
+
+
+def _positions(frame: pd.DataFrame, by: str | None) -> dict[str, np.ndarray]:
+    """Row positions per value of label `by` (all rows under "" without one)."""
+    if not by or by not in frame.columns:
+        return {"": np.arange(len(frame))}
+    found = frame.groupby(by, observed=True, sort=True).indices
+    return {str(key[0] if isinstance(key, tuple) else key): rows for key, rows in found.items()}
+
+
 def last_value(frame: pd.DataFrame) -> tuple[float | None, float | None]:
     """(value, time) of the newest row of a series frame, or (None, None)."""
     if frame.empty:
         return None, None
-    row = frame.loc[frame["time"].idxmax()]
-    return float(row["value"]), _epoch(row["time"])
+    times = _epochs(frame)
+    newest = int(np.argmax(times))
+    return float(frame["value"].to_numpy("float64")[newest]), float(times[newest])
 
 
 def last_values(frame: pd.DataFrame, by: str) -> dict[str, tuple[float, float]]:
     """The newest (value, time) per value of label `by`."""
     if frame.empty or by not in frame.columns:
         return {}
-    newest = frame.sort_values("time").groupby(by, observed=True).tail(1)
-    return {str(r[by]): (float(r["value"]), _epoch(r["time"])) for _, r in newest.iterrows()}
+    times, values = _epochs(frame), frame["value"].to_numpy("float64")
+    out = {}
+    for key, rows in _positions(frame, by).items():
+        newest = rows[np.argmax(times[rows])]
+        out[key] = (float(values[newest]), float(times[newest]))
+    return out
 
 
 def rate_total(frame: pd.DataFrame, per_s: float = 60.0, by: str | None = None
@@ -183,20 +201,17 @@ def rate_total(frame: pd.DataFrame, per_s: float = 60.0, by: str | None = None
     out: dict[str, float] = {}
     if frame.empty:
         return out
-    parts: Iterable[tuple[Any, pd.DataFrame]] = (
-        frame.groupby(by, observed=True) if by and by in frame.columns else [("", frame)]
-    )
-    for key, part in parts:
-        times = np.sort(part["time"].to_numpy("datetime64[ns]").astype("int64")) / 1e9
-        values = part.sort_values("time")["value"].to_numpy("float64")
+    all_times, all_values = _epochs(frame), frame["value"].to_numpy("float64")
+    for key, rows in _positions(frame, by).items():
+        order = rows[np.argsort(all_times[rows], kind="stable")]
+        times, values = all_times[order], all_values[order]
         if len(times) == 0:
             continue
         dt = np.diff(times)
         typical = float(np.median(dt)) if len(dt) else 15.0
         dt = np.where(dt > 3 * typical, typical, dt)
         spans = np.concatenate([[typical], dt])
-        total = float(np.nansum(values * spans) / per_s)
-        out[str(key[0] if isinstance(key, tuple) else key)] = total
+        out[key] = float(np.nansum(values * spans) / per_s)
     return out
 
 
