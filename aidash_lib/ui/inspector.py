@@ -242,6 +242,36 @@ def row_html(row: Any) -> str:
     )
 
 
+class RowHtml:
+    """The cells of the rows shown, kept between refreshes: a live table mostly shows the
+    rows it showed a second ago. A row is drawn from its final attempt (a record, never
+    changed once written) and its chain (when it started, its attempts, what failed), and
+    its time reads differently on another day; only rows not drawn yet are read from the
+    frame and drawn, and only the rows shown are kept."""
+
+    def __init__(self) -> None:
+        self._drawn: dict[tuple[Any, ...], str] = {}
+
+    def rows(self, frame: pd.DataFrame) -> list[ShownRow]:
+        if frame.empty:
+            self._drawn = {}
+            return []
+        day = time.strftime("%Y-%m-%d")
+        request_started = frame["request_started"].to_numpy("datetime64[ns]").astype("int64")
+        keys = list(zip(frame["id"].tolist(), frame["attempts"].tolist(),
+                        frame["failed_attempts"].tolist(), request_started.tolist(),
+                        [day] * len(frame), strict=True))
+        missing = [i for i, key in enumerate(keys) if key not in self._drawn]
+        drawn = {key: self._drawn[key] for key in keys if key in self._drawn}
+        for i, row in zip(missing, frame.iloc[missing].itertuples(index=False), strict=True):
+            drawn[keys[i]] = row_html(row)
+        self._drawn = drawn
+        started = frame["started"].to_numpy("datetime64[ns]").astype("int64") / 1e9
+        return [ShownRow(str(call_id), float(at), drawn[key])
+                for call_id, at, key in zip(frame["call_id"].tolist(), started, keys,
+                                            strict=True)]
+
+
 def header_html() -> str:
     cells = "".join(
         f'<span class="{"num" if num else ""}">{esc(name)}</span>' for _, name, num in COLUMNS
@@ -383,6 +413,7 @@ class RequestInspector(PanelBase):
         self.page: RequestPage | None = None
         self.offset = 0
         self.detail_call_id: str | None = None
+        self._row_html = RowHtml()
         self.polls = 0
         self.queries = 0
         self.last_query_s = 0.0
@@ -799,20 +830,17 @@ class RequestInspector(PanelBase):
         html = values_table(values)
         if self.counts_html.value != html:
             self.counts_html.value = html
-        frame = page.rows
-        items = list(frame.itertuples(index=False))
-        self.table_rows.show(
-            [ShownRow(str(row.call_id), _value(row.started), row_html(row)) for row in items],
-            self.detail_call_id)
-        first = page.offset + 1 if items else 0
-        last = page.offset + len(items)
+        shown = self._row_html.rows(page.rows)
+        self.table_rows.show(shown, self.detail_call_id)
+        first = page.offset + 1 if shown else 0
+        last = page.offset + len(shown)
         self.page_html.value = (
             f'<span data-offset="{page.offset}" data-total="{page.total}">'
             f"{first:,}–{last:,} of {page.total:,}</span>"
         )
         self.prev_button.disabled = page.offset <= 0
         self.next_button.disabled = last >= page.total
-        if items:
+        if shown:
             self.empty_html.value = ""
         else:
             self.empty_html.value = (

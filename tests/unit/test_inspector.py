@@ -331,6 +331,43 @@ async def test_live_feed_and_pause(store: Path) -> None:
     assert 'data-live="off"' in insp.live_html.value
 
 
+async def test_rows_already_drawn_are_not_drawn_again(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live table redraws only new rows and rows whose chain changed; what it shows is the
+    same as a table drawn from nothing."""
+    from aidash_lib.ui import inspector as inspector_module
+
+    drawn: list[str] = []
+    real_row_html = inspector_module.row_html
+
+    def counting_row_html(row: object) -> str:
+        drawn.append(str(row.call_id))  # type: ignore[attr-defined]
+        return real_row_html(row)
+
+    monkeypatch.setattr(inspector_module, "row_html", counting_row_html)
+    insp = make(store)
+    await insp.refresh()
+    assert sorted(drawn) == sorted(EXPECTED_ORDER)
+    with SqliteStore(store) as writer:
+        writer.write_requests([fresh("new-1")])
+        drawn.clear()
+        await insp.refresh()
+        assert drawn == ["new-1"]
+        # A second attempt of "new-1" (a retry that failed first) changes its row.
+        retry = fresh("new-1")
+        writer.write_requests([replace(retry, started_s=retry.ended_s - 0.01,
+                                       attempted_retries=1)])
+        drawn.clear()
+        await insp.refresh()
+        assert drawn == ["new-1"]
+    again = make(store)
+    await again.refresh()
+    assert insp.table_rows.html == again.table_rows.html
+    assert [r.started_s for r in insp.table_rows.rows] == [
+        r.started_s for r in again.table_rows.rows]
+
+
 async def test_a_paused_page_stays_put_when_filtering(store: Path) -> None:
     insp = make(store)
     await insp.refresh()
