@@ -193,16 +193,13 @@ class SystemSource:
 
     def _prime(self) -> None:
         with self._lock:
-            self._rescan_processes()
+            self._processes = self._scan_processes()
             self._io, self._io_at = self._io_counters(), self._clock()
 
     def _sample_processes_first(self) -> None:
         with self._lock:
             if self._processes is None:
-                self._rescan_processes()
-
-    def _rescan_processes(self) -> None:
-        self._processes = self._scan_processes()
+                self._processes = self._scan_processes()
 
     def _collect(self) -> SystemSnapshot:
         with self._lock:
@@ -285,7 +282,7 @@ class SystemSource:
 
     def _top_processes(self) -> tuple[tuple[TopProcess, ...], tuple[TopProcess, ...], int]:
         previous = self._processes or {}
-        self._rescan_processes()
+        self._processes = self._scan_processes()
         current = self._processes or {}
         cpu: dict[_ProcessKey, float | None] = {}
         for key, sample in current.items():

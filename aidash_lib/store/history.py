@@ -276,6 +276,12 @@ def epoch_to_time(seconds: np.ndarray | Sequence[float]) -> pd.DatetimeIndex:
     return pd.to_datetime(micros, unit="us", utc=True).as_unit("ns")
 
 
+def time_to_epoch(times: pd.Series) -> np.ndarray:
+    """A time column (aware or naive UTC, any unit) as epoch seconds: `epoch_to_time`'s
+    inverse."""
+    return times.to_numpy("datetime64[ns]").astype("int64") / 1e9
+
+
 def empty_requests_frame() -> pd.DataFrame:
     """A requests frame with no rows and the documented dtypes."""
     return pd.DataFrame(

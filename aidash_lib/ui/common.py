@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from aidash_lib.store.history import History
+from aidash_lib.store.history import History, time_to_epoch
 
 #: How far back the panels look for state kept as events (deployments, source faults).
 STATE_LOOKBACK_S = 30 * 86400.0
@@ -158,11 +158,6 @@ async def _open_faults(history: History, end_s: float) -> dict[str, SourceFault]
     return faults
 
 
-def _epochs(frame: pd.DataFrame) -> np.ndarray:
-    """The frame's times as epoch seconds (float)."""
-    return frame["time"].to_numpy("datetime64[ns]").astype("int64") / 1e9
-
-
 def _positions(frame: pd.DataFrame, by: str | None) -> dict[str, np.ndarray]:
     """Row positions per value of label `by` (all rows under "" without one)."""
     if not by or by not in frame.columns:
@@ -175,7 +170,7 @@ def last_value(frame: pd.DataFrame) -> tuple[float | None, float | None]:
     """(value, time) of the newest row of a series frame, or (None, None)."""
     if frame.empty:
         return None, None
-    times = _epochs(frame)
+    times = time_to_epoch(frame["time"])
     newest = int(np.argmax(times))
     return float(frame["value"].to_numpy("float64")[newest]), float(times[newest])
 
@@ -184,7 +179,7 @@ def last_values(frame: pd.DataFrame, by: str) -> dict[str, tuple[float, float]]:
     """The newest (value, time) per value of label `by`."""
     if frame.empty or by not in frame.columns:
         return {}
-    times, values = _epochs(frame), frame["value"].to_numpy("float64")
+    times, values = time_to_epoch(frame["time"]), frame["value"].to_numpy("float64")
     out = {}
     for key, rows in _positions(frame, by).items():
         newest = rows[np.argmax(times[rows])]
@@ -201,7 +196,7 @@ def rate_total(frame: pd.DataFrame, per_s: float = 60.0, by: str | None = None
     out: dict[str, float] = {}
     if frame.empty:
         return out
-    all_times, all_values = _epochs(frame), frame["value"].to_numpy("float64")
+    all_times, all_values = time_to_epoch(frame["time"]), frame["value"].to_numpy("float64")
     for key, rows in _positions(frame, by).items():
         order = rows[np.argsort(all_times[rows], kind="stable")]
         times, values = all_times[order], all_values[order]
@@ -325,7 +320,7 @@ def _since(day: pd.DataFrame, recent: pd.DataFrame, ready: bool) -> float | None
     if frame.empty:
         return None
     frame = frame.sort_values("time")
-    times = frame["time"].to_numpy("datetime64[ns]").astype("int64") / 1e9
+    times = time_to_epoch(frame["time"])
     state = frame["value"].to_numpy("float64") >= 1.0
     other = np.flatnonzero(state != ready)
     if not len(other):

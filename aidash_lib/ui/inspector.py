@@ -46,6 +46,7 @@ from urllib.parse import quote
 import ipywidgets as widgets
 import pandas as pd
 
+from aidash_lib.store.history import time_to_epoch
 from aidash_lib.ui import shared_models as shared
 from aidash_lib.ui.base import (
     PanelBase,
@@ -257,16 +258,16 @@ class RowHtml:
             self._drawn = {}
             return []
         day = time.strftime("%Y-%m-%d")
-        request_started = frame["request_started"].to_numpy("datetime64[ns]").astype("int64")
         keys = list(zip(frame["id"].tolist(), frame["attempts"].tolist(),
-                        frame["failed_attempts"].tolist(), request_started.tolist(),
+                        frame["failed_attempts"].tolist(),
+                        time_to_epoch(frame["request_started"]).tolist(),
                         [day] * len(frame), strict=True))
         missing = [i for i, key in enumerate(keys) if key not in self._drawn]
         drawn = {key: self._drawn[key] for key in keys if key in self._drawn}
         for i, row in zip(missing, frame.iloc[missing].itertuples(index=False), strict=True):
             drawn[keys[i]] = row_html(row)
         self._drawn = drawn
-        started = frame["started"].to_numpy("datetime64[ns]").astype("int64") / 1e9
+        started = time_to_epoch(frame["started"])
         return [ShownRow(str(call_id), float(at), drawn[key])
                 for call_id, at, key in zip(frame["call_id"].tolist(), started, keys,
                                             strict=True)]
