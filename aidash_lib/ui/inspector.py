@@ -711,6 +711,8 @@ class RequestInspector(PanelBase):
             latest = await latest_request_id(self.history)
         except Exception:
             latest = None  # the refresh below shows why
+        if self.paused or self._fixed is not None:  # paused while the store was asked
+            return False
         if latest is not None and latest == self._seen_latest and (
             now - self._last_query_at < self.idle_refresh_s
         ):

@@ -8,7 +8,7 @@ import base64
 import io
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,6 +104,15 @@ def store(tmp_path: Path) -> Iterator[Path]:
 def make(path: Path, **kw: object) -> RequestInspector:
     kw.setdefault("live", False)
     return RequestInspector(SqliteHistory(path), Settings(), **kw)  # type: ignore[arg-type]
+
+
+async def until(predicate: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Wait until `predicate()` is true (a loaded machine's first DuckDB query can take
+    seconds, and the feed waits three query durations between reads); the assertion after
+    it says what did not happen."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
 
 
 def shown(insp: RequestInspector) -> list[str]:
@@ -222,10 +231,7 @@ async def test_detail_shows_the_chain_of_attempts(store: Path) -> None:
     insp = make(store)
     await insp.refresh()
     insp.table_rows._message(insp.table_rows, {"open": "rate"}, [])  # the row's click
-    for _ in range(100):
-        if insp.detail_call_id == "rate":
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: insp.detail_call_id == "rate")
     html = insp.detail_html.value
     assert not is_hidden(insp.detail)
     attempts = re.findall(r'<tr data-attempt="(\d)" data-deployment="([^"]*)" '
@@ -300,16 +306,10 @@ async def test_live_feed_and_pause(store: Path) -> None:
     insp.start(0.05)
     writer = SqliteStore(store)
     try:
-        for _ in range(100):
-            if insp.page is not None:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: insp.page is not None)
         assert 'data-live="live"' in insp.live_html.value
         writer.write_requests([fresh("new-1")])
-        for _ in range(100):
-            if "new-1" in shown(insp):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: "new-1" in shown(insp))
         assert shown(insp)[0] == "new-1"
         queries = insp.queries
         await asyncio.sleep(0.3)
@@ -320,15 +320,41 @@ async def test_live_feed_and_pause(store: Path) -> None:
         await asyncio.sleep(0.5)
         assert "new-2" not in shown(insp) and insp.queries == queries
         insp.resume()
-        for _ in range(100):
-            if "new-2" in shown(insp):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: "new-2" in shown(insp))
         assert shown(insp)[:2] == ["new-2", "new-1"]
     finally:
         insp.stop()
         writer.close()
     assert 'data-live="off"' in insp.live_html.value
+
+
+async def test_a_pause_during_a_poll_stops_that_poll(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pause clicked while a poll asks the store for its newest id: that poll does not read
+    the new request (the table stays as it was when paused)."""
+    from aidash_lib.ui import inspector as inspector_module
+
+    insp = make(store, poll_s=0.01)
+    await insp.refresh()
+    queries = insp.queries
+    real = inspector_module.latest_request_id
+
+    async def paused_meanwhile(history: object) -> int | None:
+        latest = await real(history)  # type: ignore[arg-type]
+        insp.pause()  # the click, while the store was being asked
+        return latest
+
+    with SqliteStore(store) as writer:
+        writer.write_requests([fresh("during")])
+    monkeypatch.setattr(inspector_module, "latest_request_id", paused_meanwhile)
+    await asyncio.sleep(3 * insp.last_query_s + 0.05)  # no sooner than 3 query durations
+    assert await insp.poll() is False
+    assert insp.queries == queries and "during" not in shown(insp)
+    monkeypatch.setattr(inspector_module, "latest_request_id", real)
+    insp.resume()
+    await insp.settle()
+    assert shown(insp)[0] == "during" and insp.queries == queries + 1
 
 
 async def test_rows_already_drawn_are_not_drawn_again(
@@ -524,10 +550,7 @@ async def test_dashboard_ticks_read_only_when_the_store_has_news(store: Path) ->
 async def test_in_a_running_loop_the_feed_starts_by_itself(store: Path) -> None:
     insp = RequestInspector(SqliteHistory(store), Settings(), poll_s=0.05)
     try:
-        for _ in range(100):
-            if insp.page is not None:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: insp.page is not None)
         assert shown(insp) == EXPECTED_ORDER
         assert 'data-live="live"' in insp.live_html.value
     finally:
