@@ -83,6 +83,13 @@ def serve_charts(directory: Path, charts: int) -> tuple[ServerProcess, str]:
     return server, launch.url
 
 
+def wait_at_rest_all(pages: dict[str, tuple[ServerProcess, str, str]]) -> None:
+    """Every server's last page kernel gone, its preheated kernel back and idle."""
+    for server, _, _ in pages.values():
+        wait_at_rest(server, 1)
+
+
+
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
@@ -127,13 +134,6 @@ def main() -> int:
                       "floor": round(floor, 3), "ratio": round(share, 3), "target": None,
                       "unit": "s per chart"}))
     return 0
-
-
-def wait_at_rest_all(pages: dict[str, tuple[ServerProcess, str, str]]) -> None:
-    """Every server's last page kernel gone, its preheated kernel back and idle."""
-    for server, _, _ in pages.values():
-        wait_at_rest(server, 1)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -697,12 +697,17 @@ class RequestInspector(PanelBase):
             except Exception as exc:
                 log.debug("inspector poll failed: %s", exc)
 
+    @property
+    def _following(self) -> bool:
+        """Whether the feed follows the live window (not paused, no fixed window)."""
+        return not self.paused and self._fixed is None
+
     async def poll(self) -> bool:
         """One tick of the live feed: refresh when the store has new requests (or the live
         window slid for `idle_refresh_s`), not sooner than three query durations after the
         last. Returns whether it refreshed."""
         self.polls += 1
-        if self.paused or self._fixed is not None:
+        if not self._following:
             return False
         now = time.monotonic()
         if now - self._last_query_at < max(self.poll_s, 3 * self.last_query_s) * 0.95:
@@ -711,7 +716,7 @@ class RequestInspector(PanelBase):
             latest = await latest_request_id(self.history)
         except Exception:
             latest = None  # the refresh below shows why
-        if self.paused or self._fixed is not None:  # paused while the store was asked
+        if not self._following:  # paused while the store was asked
             return False
         if latest is not None and latest == self._seen_latest and (
             now - self._last_query_at < self.idle_refresh_s
