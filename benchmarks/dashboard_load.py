@@ -2,6 +2,10 @@
 the gateway receives per minute with 1 and with 5 dashboard pages open (they must be the same:
 only the recorder polls the gateway; the pages read the store).
 
+A first window with no page open measures the preheated kernels alone: they follow the store
+at the page's refresh while they wait for a page (`Dashboard.prepare`), so they cost CPU of
+their own, which the per-page figures leave out.
+
 The dashboard runs as `aidash serve` runs it (`python -m aidash_lib.serve`) with the
 repository's `config/dashboard.yaml` (its default intervals and refresh), pointed at a real
 LiteLLM proxy with aidash's request logger. A light chat traffic (1 request/s) gives the panels
@@ -111,8 +115,8 @@ def measure(served: ServedDashboard, log_path: Path, window_start: float, label:
     voila_pct = (cpu_seconds(voila) - voila_cpu) / WINDOW_S * 100
     per_min = sum(counts.values()) * 60.0 / WINDOW_S
     paths = ", ".join(f"{p} {n}" for p, n in sorted(counts.items()))
-    print(f"{label}: {len(kernels)} kernel(s) (preheated ones included) {kernel_pct:.1f} % CPU "
-          f"({kernel_pct / max(1, pages):.1f} % per page), Voilà {voila_pct:.1f} %; "
+    print(f"{label}: {len(kernels)} kernel(s) (preheated ones included) {kernel_pct:.1f} % CPU, "
+          f"Voilà {voila_pct:.1f} %; "
           f"gateway received {per_min:.0f} requests/min ({paths})", flush=True)
     return {"per_min": per_min, "kernel_pct": kernel_pct, "pages": pages}
 
@@ -138,12 +142,19 @@ def main() -> int:
                   flush=True)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(**launch_args())
-                contexts = open_pages(browser, served.url, 1)
+                pool = load_settings(SETTINGS, environ={}).dashboard.preheated_kernels
+                served.wait_at_rest(pool)
                 first_window = time.time() + 5.0
-                one = measure(served, gateway.server.log_path, first_window, "1 page", 1)
+                waiting = measure(served, gateway.server.log_path, first_window,
+                                  "no page (the preheated kernels waiting)", 0)
+                contexts = open_pages(browser, served.url, 1)
+
+                def next_window() -> float:
+                    return first_window + 60.0 * (int((time.time() - first_window) // 60) + 1)
+
+                one = measure(served, gateway.server.log_path, next_window(), "1 page", 1)
                 contexts += open_pages(browser, served.url, PAGES - 1)
-                minutes = int((time.time() - first_window) // 60) + 1
-                five = measure(served, gateway.server.log_path, first_window + 60.0 * minutes,
+                five = measure(served, gateway.server.log_path, next_window(),
                                f"{PAGES} pages", PAGES)
                 for context in contexts:
                     for page in context.pages:
@@ -156,8 +167,13 @@ def main() -> int:
                 served.server.stop()
             gateway.server.stop()
     ratio = five["per_min"] / one["per_min"] if one["per_min"] else float("nan")
-    print(f"kernel CPU at the default refresh ({refresh_s:g} s): {one['kernel_pct']:.1f} % "
-          f"with one page; {five['kernel_pct']:.1f} % for {five['pages']} pages")
+    pool_pct = waiting["kernel_pct"]
+    print(f"kernel CPU at the default refresh ({refresh_s:g} s): {pool_pct:.1f} % for "
+          f"{pool} preheated kernel(s) waiting for a page; with them, "
+          f"{one['kernel_pct']:.1f} % with one page, {five['kernel_pct']:.1f} % with "
+          f"{five['pages']} pages: {one['kernel_pct'] - pool_pct:.1f} % per page with one, "
+          f"{(five['kernel_pct'] - pool_pct) / five['pages']:.1f} % per page with "
+          f"{five['pages']}")
     print(f"gateway requests per minute: {one['per_min']:.0f} with 1 page, "
           f"{five['per_min']:.0f} with {PAGES} (ratio {ratio:.2f}; must be {TARGET:g})")
     print(json.dumps({"name": "dashboard_load_gateway_requests", "value": five["per_min"],

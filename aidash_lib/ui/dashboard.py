@@ -11,9 +11,9 @@ the test-mode parameters:
 - `AIDASH_TICK_S=S`: seconds between refreshes (default `dashboard.refresh_s`).
 
 The notebook builds the dashboard, `await dashboard.prepare()` (in a kernel Voilà preheats: the
-first read of the store, before any page asks), then `await dashboard.run_for_page()` (the view
-of the page's URL, waited for in a preheated kernel, then the live loop): see
-`aidash_lib.ui.voila_page`.
+first read of the store, before any page asks, and the live loop following the store while the
+kernel waits), then `await dashboard.run_for_page()` (the view of the page's URL, waited for in
+a preheated kernel, then the live loop for the page): see `aidash_lib.ui.voila_page`.
 
 Stable CSS classes: the root `aidash-dashboard`; `aidash-range`, `aidash-filter-model`,
 `aidash-filter-provider` (Dropdowns: `.aidash-range select`; ipywidgets renders an option's
@@ -150,6 +150,8 @@ class Dashboard(widgets.VBox):
         self.ticks = 0
         self.last_refresh_s: float | None = None
         self.refresh_started_s: float | None = None
+        self._reading_since_s: float | None = None
+        self._next_tick_s = 0.0  # time.monotonic() of the live loop's next read
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._first = asyncio.Event()
@@ -335,14 +337,17 @@ class Dashboard(widgets.VBox):
         """Refresh every panel for the current view (concurrently; each shows its own error)."""
         async with self._lock:
             view = self._view
-            started = time.time()
-            with shared_reads():
-                await asyncio.gather(
-                    self._update_filters(),
-                    *(panel.refresh(view, live=live) if isinstance(panel, PanelBase)
-                      else panel.refresh(view) for panel in self.panels.values()),
-                    return_exceptions=True,
-                )
+            started = self._reading_since_s = time.time()
+            try:
+                with shared_reads():
+                    await asyncio.gather(
+                        self._update_filters(),
+                        *(panel.refresh(view, live=live) if isinstance(panel, PanelBase)
+                          else panel.refresh(view) for panel in self.panels.values()),
+                        return_exceptions=True,
+                    )
+            finally:
+                self._reading_since_s = None
             self.ticks += 1
             self.refresh_started_s = started
             self.last_refresh_s = time.time()
@@ -350,44 +355,87 @@ class Dashboard(widgets.VBox):
             self._first.set()
 
     async def prepare(self) -> None:
-        """In a kernel Voilà preheats, read the store once now, before any page asks: the
-        page is then served with its panels built and filled, and its first refresh only
-        updates them; until then no panel polls the store on its own. Elsewhere nothing:
-        the live loop's first tick reads the store while the page loads."""
+        """In a kernel Voilà preheats, read the store now, before any page asks, and then
+        keep following it, one read a tick as an open page does (live and unbounded), while
+        the kernel waits for its page: the page is served with its panels filled from a read
+        at most one tick old, and nothing reads the store while the browser draws it. The
+        request inspector's one-second feed rests until the page is asked for. Elsewhere
+        nothing: the live loop's first tick reads the store while the page loads."""
         if preheated():
-            await self.refresh()
             for panel in self.panels.values():
                 if isinstance(panel, RequestInspector):
-                    panel.rest()  # its feed starts with the page's first refresh
+                    panel.rest()
+            await self.refresh()
+            if self.live.live and not self.bounded:
+                self.start(read_now=False)
 
     def start_for_page(self) -> asyncio.Task[None]:
-        """Take the view of the page's URL, then `start()` the live loop. A preheated kernel
-        first waits for its page to be requested (its URL is known only then)."""
-        if preheated():
-            query = page_query_string()
-            self.set_view(view_from_query_string(query, self.settings.dashboard.default_range),
-                          refresh=False)
-        return self.start()
+        """Take the view of the page's URL and run the live loop for it (`serve_page`); a
+        preheated kernel first waits for its page to be requested, blocking the loop."""
+        return self.serve_page(page_query_string())
 
     async def run_for_page(self) -> None:
-        """`start_for_page()`, then `settle()`: what the notebook's last cell awaits. Live, it
-        returns at once, so Voilà finishes the page before the first refresh takes the
-        kernel's time; in test mode it returns when the bounded loop has ended."""
-        self.start_for_page()
+        """What the notebook's last cell awaits: a preheated kernel waits for its page in a
+        thread, following the store meanwhile, then `serve_page`; then `settle()`. Live, it
+        returns at once, so Voilà finishes the page; in test mode it returns when the
+        bounded loop has ended."""
+        query = await asyncio.to_thread(page_query_string) if preheated() else None
+        self.serve_page(query)
         await self.settle()
 
-    def start(self) -> asyncio.Task[None]:
-        """Refresh now and then every tick, as a task on the running loop; with
-        `AIDASH_LIVE=0` once only, with `AIDASH_MAX_TICKS=N` N times."""
+    def serve_page(self, query: str | None) -> asyncio.Task[None]:
+        """The page is here: wake the request inspector's feed and run the live loop.
+
+        In a preheated kernel the page's URL (`query`) gives the view. When that is the view
+        the kernel follows and its newest read began at most one tick ago, the page shows
+        that read and the next one comes a whole tick after the request, so that the page
+        loads while nothing reads the store; otherwise the page's view is read now."""
+        for panel in self.panels.values():
+            if isinstance(panel, RequestInspector):
+                panel.wake()
+        if not preheated():
+            return self.start()
+        view = view_from_query_string(query, self.settings.dashboard.default_range)
+        following = self._task
+        if view == self._view and following is not None and self._read_within_a_tick(
+                time.time()):
+            self._next_tick_s = time.monotonic() + self.tick_s
+            return following
+        self.set_view(view, refresh=False)
+        return self.start()
+
+    @property
+    def tick_s(self) -> float:
+        """Seconds between the live loop's reads (`AIDASH_TICK_S`, else `refresh_s`)."""
+        return self.live.tick_s or self.settings.dashboard.refresh_s
+
+    def _read_within_a_tick(self, now_s: float) -> bool:
+        """Whether the live loop runs and its newest read (done or under way) began at most
+        one tick before `now_s`."""
+        if self._task is None or self._task.done():
+            return False
+        newest = self._reading_since_s or self.refresh_started_s
+        return newest is not None and now_s - newest <= self.tick_s
+
+    def start(self, *, read_now: bool = True) -> asyncio.Task[None]:
+        """Refresh now (`read_now`, else one tick from now) and then every tick, as a task on
+        the running loop; with `AIDASH_LIVE=0` once only, with `AIDASH_MAX_TICKS=N` N times.
+        A tick is the time from the start of one read to the start of the next, but the next
+        begins at least half a tick after the last one ended (a slow store is not read back
+        to back)."""
         self.stop()
-        period = self.live.tick_s or self.settings.dashboard.refresh_s
+        period = self.tick_s
         limit = 1 if not self.live.live else self.live.max_ticks
+        self._next_tick_s = time.monotonic() + (0.0 if read_now else period)
 
         async def loop() -> None:
             done = 0
             while True:
+                while (wait_s := self._next_tick_s - time.monotonic()) > 0:
+                    await asyncio.sleep(wait_s)  # `serve_page` may move the tick meanwhile
+                started = time.monotonic()
                 try:
-                    await self.refresh(live=done > 0)
+                    await self.refresh(live=done > 0 or not read_now)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # one bad tick must not end the loop
@@ -395,7 +443,8 @@ class Dashboard(widgets.VBox):
                 done += 1
                 if limit and done >= limit:
                     return
-                await asyncio.sleep(period)
+                self._next_tick_s = max(self._next_tick_s, started + period,
+                                        time.monotonic() + period / 2)
 
         self._task = asyncio.ensure_future(loop())
         return self._task

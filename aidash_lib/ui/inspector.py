@@ -433,6 +433,8 @@ class RequestInspector(PanelBase):
             self.set_window(start if start is not None else "-1h", end if end is not None
                             else "now")
         self._live_wanted = live
+        #: Set by `rest()`: no refresh starts the feed until `wake()`.
+        self._resting = False
         if live and self._fixed is None:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop()
@@ -656,6 +658,7 @@ class RequestInspector(PanelBase):
         the running loop; `max_ticks` > 0 stops after that many polls."""
         self.stop()
         self._live_wanted = True
+        self._resting = False
         if interval_s is not None:
             self.poll_s = interval_s
         if view is not None:
@@ -666,11 +669,20 @@ class RequestInspector(PanelBase):
         return self._poll_task
 
     def rest(self) -> None:
-        """Stop the live feed until the next refresh starts it again: a kernel Voilà
-        preheated waits for its page without polling the store every second."""
+        """Stop the live feed until `wake()`: a kernel Voilà preheated waits for its page
+        (for hours, maybe) with its table following the dashboard's ticks, but without
+        polling the store every second."""
         wanted = self._live_wanted
         self.stop()
         self._live_wanted = wanted
+        self._resting = True
+
+    def wake(self) -> None:
+        """End `rest()`: the page is here. The feed starts now when a page of requests is
+        shown already (else with the next refresh), its first poll `first_poll_s` later."""
+        self._resting = False
+        if self.page is not None:
+            self._start_feed()
 
     def stop(self) -> None:
         """Stop the live feed (until `start()`)."""
@@ -746,21 +758,27 @@ class RequestInspector(PanelBase):
         """Read the store for `view` and update (never raises but `CancelledError`). A live
         tick of the dashboard for the same view reads only when the store has new requests
         (`poll`); inside the dashboard the inspector's own live feed starts with the first
-        refresh, its first poll `first_poll_s` later."""
+        refresh (not while it rests), its first poll `first_poll_s` later."""
         if live and (view is None or view == self._refreshed_view) and self.page is not None:
             await self.poll()
             return
         await super().refresh(view)
-        if self._live_wanted and self._fixed is None and self._poll_task is None:
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop()
-                wait_s = self.first_poll_s
-                if wait_s is None:
-                    wait_s = max(self.poll_s, self.settings.dashboard.refresh_s)
-                self._poll_task = asyncio.ensure_future(self._poll(0, first=False,
-                                                                   wait_s=wait_s))
-                self._task = self._poll_task
-                self._show_live()
+        self._start_feed()
+
+    def _start_feed(self) -> None:
+        """Start the live feed that `live` asked for, unless it runs, rests or has a fixed
+        window; its first poll comes `first_poll_s` later (None: one dashboard tick)."""
+        if (not self._live_wanted or self._resting or self._fixed is not None
+                or self._poll_task is not None):
+            return
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            wait_s = self.first_poll_s
+            if wait_s is None:
+                wait_s = max(self.poll_s, self.settings.dashboard.refresh_s)
+            self._poll_task = asyncio.ensure_future(self._poll(0, first=False, wait_s=wait_s))
+            self._task = self._poll_task
+            self._show_live()
 
     async def _update(self, view: DashboardView) -> None:
         if view != self._applied_view:

@@ -2,7 +2,8 @@
 
 `aidash serve` keeps `dashboard.preheated_kernels` kernels that have already run the dashboard
 notebook (Voilà's `--preheat_kernel`): imports, widgets and a first read of the store happen
-before anyone opens the page, and a page is served from one of them at once. Such a kernel
+before anyone opens the page, the kernel then follows the store while it waits, and a page is
+served from one of them at once. Such a kernel
 learns its page's URL only when the page is requested: Voilà sends the request's variables
 (`QUERY_STRING`, ...) to the kernel over a websocket, which `voila.utils.wait_for_request`
 waits for. In any other kernel (a plain Voilà kernel, JupyterLab, nbval) `QUERY_STRING` is

@@ -265,8 +265,9 @@ class ServedDashboard:
 
     def wait_at_rest(self, kernels: int, timeout_s: float = 120.0) -> None:
         """Wait until the last page's kernel has gone and `kernels` preheated ones run and
-        sit idle, waiting for a page (Voilà refills its pool `PREHEAT_REFILL_S` after a
-        page takes a kernel, and the new one then runs the notebook)."""
+        sit idle (1.5 s without CPU, between the reads by which they follow the store),
+        waiting for a page (Voilà refills its pool `PREHEAT_REFILL_S` after a page takes a
+        kernel, and the new one then runs the notebook)."""
         deadline = time.monotonic() + timeout_s
         idle_since: float | None = None
         last_cpu: float | None = None

@@ -8,7 +8,7 @@ import base64
 import io
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from aidash_lib.ui.inspector_data import (
 )
 from aidash_lib.ui.shared_models import is_hidden
 from aidash_lib.ui.view import DashboardView, Panel
+from tests.unit.conditions import until
 
 NOW = time.time()
 
@@ -104,15 +105,6 @@ def store(tmp_path: Path) -> Iterator[Path]:
 def make(path: Path, **kw: object) -> RequestInspector:
     kw.setdefault("live", False)
     return RequestInspector(SqliteHistory(path), Settings(), **kw)  # type: ignore[arg-type]
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = 30.0) -> None:
-    """Wait until `predicate()` is true (a loaded machine's first DuckDB query can take
-    seconds, and the feed waits three query durations between reads); the assertion after
-    it says what did not happen."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
 
 
 def shown(insp: RequestInspector) -> list[str]:

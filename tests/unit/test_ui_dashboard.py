@@ -5,6 +5,7 @@ loop of test mode, and one failing panel leaving the others alone."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from aidash_lib.store.sqlite import SqliteHistory
 from aidash_lib.ui.dashboard import Dashboard, LiveOptions, view_from_query_string
 from aidash_lib.ui.inspector import RequestInspector
 from aidash_lib.ui.view import DashboardView
+from tests.unit.conditions import until
 from tests.unit.ui_samples import fill
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -307,9 +309,12 @@ async def test_the_feed_polls_one_tick_after_the_refresh_that_starts_it(
         await asyncio.sleep(0.5)
         assert inspector.polls == polls  # 10 poll_s later: still waiting for the tick
         assert 'data-live="live"' in inspector.live_html.value
-        inspector.rest()  # the next refresh starts the feed again
+        inspector.rest()  # resting: no refresh starts the feed, until `wake()`
         inspector.first_poll_s = 0.05
         await dashboard.refresh()
+        await asyncio.sleep(0.3)
+        assert inspector.polls == polls and 'data-live="off"' in inspector.live_html.value
+        inspector.wake()
         await asyncio.sleep(0.5)
         assert inspector.polls > polls
     finally:
@@ -346,3 +351,75 @@ async def test_a_preheated_kernel_waits_for_its_page_without_polling(
     finally:
         dashboard.stop()
         inspector.stop()
+
+
+async def test_a_preheated_kernel_follows_the_store_and_its_page_loads_without_a_read(
+    store: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Live, a preheated kernel reads the store every tick while it waits for its page (the
+    wait does not hold the loop), so the page shows a read at most one tick old; the next
+    read comes a whole tick after the request, while the browser draws the page."""
+    from aidash_lib.ui import dashboard as dashboard_module
+
+    tick_s = 2.0  # well above a read of this store, which takes a small part of it
+    asked: list[float] = []
+    feed_during_wait: list[str] = []
+
+    def page_query_string() -> str:
+        time.sleep(1.6 * tick_s)  # the page comes later, in Voilà's request thread
+        feed_during_wait.append(inspector.live_html.value)
+        asked.append(time.time())
+        return "range=1h"
+
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    monkeypatch.setattr(dashboard_module, "page_query_string", page_query_string)
+    dashboard = Dashboard.from_environment({"AIDASH_STORE": str(store),
+                                            "AIDASH_TICK_S": str(tick_s)})
+    inspector = dashboard.panels["requests"]
+    assert isinstance(inspector, RequestInspector)
+    inspector.poll_s = inspector.first_poll_s = 0.05
+    try:
+        await dashboard.prepare()
+        assert dashboard.ticks == 1
+        await dashboard.run_for_page()
+        asked_at = asked[0]
+        assert dashboard.ticks >= 2, "the loop did not follow the store during the wait"
+        assert 'data-live="off"' in feed_during_wait[0], "the feed ran before the page"
+        polls = inspector.polls  # the dashboard's ticks ask it too
+        shown = dashboard.refresh_started_s
+        assert shown is not None and asked_at - tick_s <= shown <= asked_at
+        assert dashboard.view == DashboardView("1h")
+        ticks = dashboard.ticks
+        await until(lambda: dashboard.ticks > ticks)
+        assert dashboard.ticks > ticks
+        assert dashboard.refresh_started_s >= asked_at + 0.9 * tick_s, (
+            "a read began before a whole tick had passed since the page was asked for")
+        assert 'data-live="live"' in inspector.live_html.value
+        await until(lambda: inspector.polls > polls + 3)
+        assert inspector.polls > polls + 3, "the one-second feed did not start with the page"
+    finally:
+        dashboard.stop()
+        inspector.stop()
+
+
+async def test_a_preheated_kernel_reads_for_its_page_when_it_stopped_following(
+    store: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page is never served a read older than a tick: if the kernel's loop is not
+    running when the page is asked for, the page's view is read at once."""
+    from aidash_lib.ui import dashboard as dashboard_module
+
+    monkeypatch.setenv("VOILA_PREHEAT", "True")
+    monkeypatch.setattr(dashboard_module, "page_query_string", lambda: "range=1h")
+    dashboard = Dashboard.from_environment({"AIDASH_STORE": str(store), "AIDASH_TICK_S": "60"})
+    try:
+        await dashboard.prepare()
+        dashboard.stop()
+        asked_at = time.time()
+        await dashboard.run_for_page()
+        await until(lambda: dashboard.ticks > 1)
+        assert dashboard.ticks == 2
+        assert dashboard.refresh_started_s is not None
+        assert dashboard.refresh_started_s >= asked_at
+    finally:
+        dashboard.stop()
