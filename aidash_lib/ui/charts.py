@@ -142,7 +142,9 @@ class TimeSeriesChart(widgets.VBox):
 
     `set_lines({name: (times, values)}, window=(start_s, end_s))` replaces every line in one
     message. `unit` is shown on the y axis; `y_max` fixes the top (100 for percentages).
-    Threshold lines do not stretch the y axis: they show when the data comes near them.
+    `threshold` draws warn and critical lines; `thresholds` those of several named quantities
+    sharing the chart (CPU, memory, ...), one pair for the names that share one. Threshold
+    lines do not stretch the y axis: they show when the data comes near them.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class TimeSeriesChart(widgets.VBox):
         width_px: int = 520,
         height_px: int = 220,
         threshold: Threshold | None = None,
+        thresholds: Mapping[str, Threshold | None] | None = None,
         y_max: float | None = None,
         tick_format: str | None = None,
         css: str | None = None,
@@ -160,7 +163,9 @@ class TimeSeriesChart(widgets.VBox):
         self.title = title
         self.unit = unit
         self.width_px = int(width_px)
-        self.threshold = threshold
+        #: (whose, threshold) pairs drawn: whose is "" when a pair is every line's.
+        self.thresholds = threshold_pairs(threshold, thresholds)
+        self.threshold = self.thresholds[0][1] if self.thresholds else None
         self.x_scale = bq.DateScale()
         self.y_max = y_max
         ticks = nice_ticks(y_max) if y_max else nice_ticks(1.0)
@@ -175,13 +180,14 @@ class TimeSeriesChart(widgets.VBox):
         unit_scale = shared.constant("unit-scale", _unit_scale)
         #: Warn and critical, one mark of two lines (each mark costs the page a view).
         self.threshold_lines: bq.Lines | None = None
-        if threshold is not None:
+        if self.thresholds:
+            levels = [[level] * 2 for _, t in self.thresholds for level in (t.warn, t.critical)]
             self.threshold_lines = bq.Lines(
-                x=np.array([[0.0, 1.0], [0.0, 1.0]]),
-                y=np.array([[threshold.warn] * 2, [threshold.critical] * 2], dtype="float64"),
+                x=np.array([[0.0, 1.0]] * len(levels)),
+                y=np.array(levels, dtype="float64"),
                 scales={"x": unit_scale, "y": self.y_scale},
-                colors=[WARN_COLOUR, CRITICAL_COLOUR], line_style="dashed", stroke_width=1.2,
-                preserve_domain={"y": True},
+                colors=[WARN_COLOUR, CRITICAL_COLOUR] * len(self.thresholds),
+                line_style="dashed", stroke_width=1.2, preserve_domain={"y": True},
             )
             marks.append(self.threshold_lines)
         x_axis = bq.Axis(scale=self.x_scale, grid_lines="none")
@@ -296,15 +302,16 @@ class TimeSeriesChart(widgets.VBox):
                 f'<span class="aidash-swatch" style="background:{colour}"></span>'
                 f"{esc(name)}: {esc(last_text)}</span>"
             )
-        if self.threshold is not None:
-            unit = f" {self.unit}" if self.unit else ""
+        unit = f" {self.unit}" if self.unit else ""
+        for whose, threshold in self.thresholds:
             items.append(
-                f'<span class="aidash-legend-threshold" data-warn="{self.threshold.warn:g}" '
-                f'data-critical="{self.threshold.critical:g}">'
-                f'<span class="aidash-swatch" style="background:{WARN_COLOUR}"></span>'
-                f"warn {self.threshold.warn:g}{esc(unit)}"
+                f'<span class="aidash-legend-threshold" data-warn="{threshold.warn:g}" '
+                f'data-critical="{threshold.critical:g}" data-for="{esc(whose)}">'
+                + (f"{esc(whose)}: " if whose else "")
+                + f'<span class="aidash-swatch" style="background:{WARN_COLOUR}"></span>'
+                f"warn {threshold.warn:g}{esc(unit)}"
                 f'<span class="aidash-swatch" style="background:{CRITICAL_COLOUR}"></span>'
-                f"critical {self.threshold.critical:g}{esc(unit)}</span>"
+                f"critical {threshold.critical:g}{esc(unit)}</span>"
             )
         if not names:
             items.insert(0, '<span class="aidash-muted aidash-nodata">no data in this window'
@@ -312,6 +319,24 @@ class TimeSeriesChart(widgets.VBox):
         text = " ".join(items)
         if self.legend.value != text:
             self.legend.value = text
+
+
+def threshold_pairs(
+    threshold: Threshold | None, named: Mapping[str, Threshold | None] | None = None,
+) -> list[tuple[str, Threshold]]:
+    """The warn / critical pairs a chart draws, as (whose, threshold): `threshold` alone
+    (whose ""), or the `named` ones with the names that share a pair joined ("CPU, disk"),
+    and whose "" when one pair is every name's."""
+    if named is None:
+        return [] if threshold is None else [("", threshold)]
+    shared_by: dict[tuple[float, float], tuple[list[str], Threshold]] = {}
+    for name, found in named.items():
+        if found is not None:
+            shared_by.setdefault((found.warn, found.critical), ([], found))[0].append(name)
+    if len(shared_by) == 1:
+        names, only = next(iter(shared_by.values()))
+        return [("" if len(names) == len(named) else ", ".join(names), only)]
+    return [(", ".join(names), found) for names, found in shared_by.values()]
 
 
 def _unit_scale() -> bq.LinearScale:

@@ -1,6 +1,11 @@
 """The machine: CPU, memory, disk and network over time with threshold lines, and the busiest
 processes.
 
+Two charts: CPU, memory and disk used share one percent chart (one line each, a line per disk
+path) with their warn and critical lines (one pair when they share one, as by default), and
+network and disk I/O share one bytes-per-second chart: a bqplot figure costs the page about
+50 ms to draw (`benchmarks/chart_cost.py`), and these read best side by side anyway.
+
 Reads the series `system_cpu_percent`, `system_load_1m`, `system_memory_used_percent`,
 `system_memory_used_bytes`, `system_memory_total_bytes`, `system_disk_used_percent{path}`,
 `system_net_rx_bytes_per_s`, `system_net_tx_bytes_per_s`, `system_disk_read_bytes_per_s`,
@@ -32,7 +37,7 @@ from aidash_lib.ui.base import (
     note,
     values_table,
 )
-from aidash_lib.ui.charts import TimeSeriesChart
+from aidash_lib.ui.charts import TimeSeriesChart, frame_lines
 from aidash_lib.ui.common import PROCESSES_MAX_AGE_S, last_value, last_values, open_faults
 from aidash_lib.ui.traffic import chart_row
 from aidash_lib.ui.view import DashboardView
@@ -57,8 +62,8 @@ def parse_top_processes(detail: str) -> dict[str, list[dict[str, Any]]]:
 
 
 class MachinePanel(PanelBase):
-    """CPU, memory, disk, and network with disk I/O over time; load and the rest now; the top
-    processes."""
+    """CPU, memory and disk used in one chart, network and disk I/O in another; load and the
+    rest now; the top processes."""
 
     css_class = "aidash-machine"
     title = "Machine"
@@ -74,18 +79,14 @@ class MachinePanel(PanelBase):
         th = self.settings.thresholds
         size = {"width_px": s.chart_width_px, "height_px": s.chart_height_px}
         self.summary = shared.html("", "aidash-machine-summary")
-        self.cpu = TimeSeriesChart("CPU", unit="%", y_max=100, threshold=th.get("cpu_percent"),
-                                   css="aidash-chart-cpu", **size)
-        self.memory = TimeSeriesChart("Memory used", unit="%", y_max=100,
-                                      threshold=th.get("memory_percent"),
-                                      css="aidash-chart-memory", **size)
-        self.disk = TimeSeriesChart("Disk used", unit="%", y_max=100,
-                                    threshold=th.get("disk_percent"), css="aidash-chart-disk",
-                                    **size)
-        # Network and disk traffic share one chart (both B/s): each figure costs the page.
+        self.usage = TimeSeriesChart(
+            "CPU, memory and disk used", unit="%", y_max=100,
+            thresholds={"CPU": th.get("cpu_percent"), "memory": th.get("memory_percent"),
+                        "disk": th.get("disk_percent")},
+            css="aidash-chart-usage", **size)
         self.network = TimeSeriesChart("Network and disk I/O", unit="B/s",
                                        css="aidash-chart-network", tick_format="~s", **size)
-        self.charts = [self.cpu, self.memory, self.disk, self.network]
+        self.charts = [self.usage, self.network]
         self.processes = shared.html("", "aidash-top-processes")
         self.body.children = [self.summary, chart_row(self.charts), self.processes]
 
@@ -97,7 +98,7 @@ class MachinePanel(PanelBase):
     async def _update(self, view: DashboardView) -> None:
         now = time.time()
         window = view.window(now)
-        step = self.cpu.step_s(window)
+        step = self.usage.step_s(window)
         cpu = await self._series("system_cpu_percent", window, step)
         memory = await self._series("system_memory_used_percent", window, step)
         disk = await self._series("system_disk_used_percent", window, step)
@@ -106,9 +107,10 @@ class MachinePanel(PanelBase):
         read = await self._series("system_disk_read_bytes_per_s", window, step, dir="disk read")
         write = await self._series("system_disk_write_bytes_per_s", window, step,
                                    dir="disk write")
-        self.cpu.set_frame(cpu, window, label=lambda _: "CPU")
-        self.memory.set_frame(memory, window, label=lambda _: "memory")
-        self.disk.set_frame(disk, window, label="path")
+        self.usage.set_lines({
+            **frame_lines(cpu, lambda _: "CPU"), **frame_lines(memory, lambda _: "memory"),
+            **frame_lines(disk, lambda labels: f"disk {labels.get('path', '')}".strip()),
+        }, window)
         self.network.set_frame(pd.concat([rx, tx, read, write]), window, label="dir")
         await self._summary(window, cpu, memory, disk, rx, tx)
         await self._processes(window[1], now)

@@ -31,6 +31,7 @@ from aidash_lib.ui.charts import (
     frame_lines,
     nice_ticks,
     series_step,
+    threshold_pairs,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -89,6 +90,26 @@ def test_each_line_gets_at_most_one_point_per_pixel_and_keeps_peaks() -> None:
     window_row = x[-1]
     assert window_row[0] == np.datetime64(int((NOW - 20_000) * 1e9), "ns")
     assert window_row.max() == np.datetime64(int(NOW * 1e9), "ns")
+
+
+def test_quantities_sharing_a_chart_share_a_threshold_pair_when_theirs_are_equal() -> None:
+    usual, memory = Threshold(warn=85, critical=95), Threshold(warn=90, critical=97)
+    assert threshold_pairs(None, {"CPU": usual, "memory": usual}) == [("", usual)]
+    assert threshold_pairs(None, {"CPU": usual, "disk": None}) == [("CPU", usual)]
+    assert threshold_pairs(usual) == [("", usual)] and threshold_pairs(None) == []
+    chart = TimeSeriesChart("Used", unit="%", y_max=100,
+                            thresholds={"CPU": usual, "memory": memory, "disk": usual})
+    assert chart.thresholds == [("CPU, disk", usual), ("memory", memory)]
+    assert chart.threshold_lines is not None
+    assert chart.threshold_lines.y.tolist() == [[85, 85], [95, 95], [90, 90], [97, 97]]
+    assert list(chart.threshold_lines.colors) == [WARN_COLOUR, CRITICAL_COLOUR] * 2
+    assert [type(m).__name__ for m in chart.figure.marks] == ["Lines", "Lines"]  # one mark
+    times = np.array([int((NOW - 60) * 1e9), int(NOW * 1e9)], dtype="datetime64[ns]")
+    chart.set_lines({"CPU": (times, np.array([10.0, 20.0]))}, (NOW - 600, NOW))
+    legend = chart.legend.value
+    assert 'data-warn="85" data-critical="95" data-for="CPU, disk"' in legend
+    assert 'data-warn="90" data-critical="97" data-for="memory"' in legend
+    assert "memory: " in legend and "CPU, disk: " in legend
 
 
 def test_an_update_is_one_message_and_threshold_lines_never_change() -> None:

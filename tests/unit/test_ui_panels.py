@@ -211,13 +211,14 @@ async def test_machine_panel(history: SqliteHistory, settings: Settings) -> None
     panel = MachinePanel(history, settings)
     await panel.refresh(VIEW)
     assert panel.last_error is None
-    assert panel.disk.names == ["/"]
+    assert panel.usage.names == ["CPU", "memory", "disk /"]
     assert panel.network.names == ["disk read", "disk write", "net in", "net out"]
-    assert [c.title for c in panel.charts] == ["CPU", "Memory used", "Disk used",
+    assert [c.title for c in panel.charts] == ["CPU, memory and disk used",
                                                "Network and disk I/O"]
     assert 0.0 <= float(cells(panel.summary.value, "load_1m")[0]) <= 2.0  # the load, now
-    assert panel.cpu.threshold_lines.y.tolist() == [[85, 85], [95, 95]]
-    assert panel.memory.threshold_lines.y.tolist() == [[85, 85], [95, 95]]
+    # CPU, memory and disk share the default 85 / 95: one pair of lines for the three
+    assert panel.usage.threshold_lines.y.tolist() == [[85, 85], [95, 95]]
+    assert 'data-for=""' in panel.usage.legend.value
     assert float(cells(panel.summary.value, "disk_percent")[0]) == 71.5
     assert float(cells(panel.summary.value, "processes")[0]) == 212
     for chart in panel.charts:
