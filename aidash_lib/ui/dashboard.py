@@ -396,9 +396,8 @@ class Dashboard(widgets.VBox):
         if not preheated():
             return self.start()
         view = view_from_query_string(query, self.settings.dashboard.default_range)
-        following = self._task
-        if view == self._view and following is not None and self._read_within_a_tick(
-                time.time()):
+        following = self._following_within_a_tick(time.time())
+        if view == self._view and following is not None:
             self._next_tick_s = time.monotonic() + self.tick_s
             return following
         self.set_view(view, refresh=False)
@@ -409,13 +408,14 @@ class Dashboard(widgets.VBox):
         """Seconds between the live loop's reads (`AIDASH_TICK_S`, else `refresh_s`)."""
         return self.live.tick_s or self.settings.dashboard.refresh_s
 
-    def _read_within_a_tick(self, now_s: float) -> bool:
-        """Whether the live loop runs and its newest read (done or under way) began at most
+    def _following_within_a_tick(self, now_s: float) -> asyncio.Task[None] | None:
+        """The live loop, when it runs and its newest read (done or under way) began at most
         one tick before `now_s`."""
-        if self._task is None or self._task.done():
-            return False
+        task = self._task
         newest = self._reading_since_s or self.refresh_started_s
-        return newest is not None and now_s - newest <= self.tick_s
+        if task is None or task.done() or newest is None or now_s - newest > self.tick_s:
+            return None
+        return task
 
     def start(self, *, read_now: bool = True) -> asyncio.Task[None]:
         """Refresh now (`read_now`, else one tick from now) and then every tick, as a task on
