@@ -141,7 +141,7 @@ class DashboardSettings(_Strict):
     chart_width_px: int = Field(default=420, ge=160, le=4000)
     chart_height_px: int = Field(default=220, ge=100, le=2000)
     #: Kernels `aidash serve` keeps that have already run the dashboard and follow the store
-    #: (each ~200 MB and the CPU of an open page), so that a page opens without waiting for
+    #: (each ~300 MB and the CPU of an open page), so that a page opens without waiting for
     #: imports or a read; 0: none.
     preheated_kernels: int = Field(default=1, ge=0, le=8)
 
