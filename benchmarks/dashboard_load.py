@@ -124,7 +124,8 @@ def measure(served: ServedDashboard, log_path: Path, window_start: float, label:
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
-    refresh_s = load_settings(SETTINGS, environ={}).dashboard.refresh_s
+    dashboard = load_settings(SETTINGS, environ={}).dashboard
+    refresh_s, pool = dashboard.refresh_s, dashboard.preheated_kernels
     with tempfile.TemporaryDirectory(prefix="aidash-bench-load-") as tmp:
         workdir = Path(tmp)
         store = workdir / "history.sqlite"
@@ -142,7 +143,6 @@ def main() -> int:
                   flush=True)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(**launch_args())
-                pool = load_settings(SETTINGS, environ={}).dashboard.preheated_kernels
                 served.wait_at_rest(pool)
                 first_window = time.time() + 5.0
                 waiting = measure(served, gateway.server.log_path, first_window,

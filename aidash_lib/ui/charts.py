@@ -165,7 +165,6 @@ class TimeSeriesChart(widgets.VBox):
         self.width_px = int(width_px)
         #: (whose, threshold) pairs drawn: whose is "" when a pair is every line's.
         self.thresholds = threshold_pairs(threshold, thresholds)
-        self.threshold = self.thresholds[0][1] if self.thresholds else None
         self.x_scale = bq.DateScale()
         self.y_max = y_max
         ticks = nice_ticks(y_max) if y_max else nice_ticks(1.0)
