@@ -8,7 +8,8 @@ panel recovers by itself. Problems that leave the panel's data standing (the gat
 unreachable, a source has a fault) are reported with `self.problem(text)` during `_update`.
 
 Stable CSS classes (for the browser tests): the panel root `aidash-panel` plus its own
-(`aidash-traffic`, ...); `aidash-title`, `aidash-updated`, `aidash-loading`, `aidash-error`;
+(`aidash-traffic`, ...); in its header (one HTML widget, `PanelBase.header`) `aidash-title`,
+`aidash-updated`, `aidash-loading` (while loading) and `aidash-error` (while failing);
 `aidash-has-data` on the root once a refresh succeeded, `aidash-has-error` while the error line
 shows. Values a test may read are in HTML tables of class `aidash-values`, one cell per value
 with `data-key` and `data-value` attributes. `aidash-hidden` hides a widget (see
@@ -48,6 +49,9 @@ STYLE = """<style>
 .aidash-panel { border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 10px;
   margin: 4px; background: #fff; }
 .aidash-panel .aidash-title b { font-size: 15px; }
+.aidash-panel-head { display: flex; justify-content: space-between; align-items: baseline;
+  line-height: 24px; }
+.aidash-panel-header .aidash-error { line-height: 20px; }
 .aidash-updated, .aidash-loading { color: #57606a; font-size: 12px; }
 .aidash-error { color: #b42318; font-weight: 600; }
 .aidash-note { color: #57606a; font-size: 13px; }
@@ -351,21 +355,39 @@ class PanelBase(widgets.VBox):
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._title_text = title or self.title
-        self._title = shared.html(f"{STYLE}<b>{esc(self._title_text)}</b>", "aidash-title")
-        self._updated = shared.html("", "aidash-updated")
-        self._loading = shared.html("loading…", "aidash-loading")
-        self._error = shared.html("", "aidash-error", shared.HIDDEN)
-        header = shared.hbox([self._title, self._loading, self._updated],
-                             justify_content="space-between", align_items="baseline")
+        self._loading_shown = True
+        #: The title, the loading state, "updated HH:MM:SS" and the error line, as one
+        #: widget: a page builds a view per widget, and the dashboard has seven headers.
+        self.header = shared.html(self._header_html(), "aidash-panel-header")
+        #: The style sheet, hidden (it applies all the same); `embed()` drops it.
+        self._style = shared.html(STYLE, shared.HIDDEN)
         self.body = shared.vbox()
-        super().__init__([header, self._error, self.body], layout=shared.layout())
+        super().__init__([self._style, self.header, self.body], layout=shared.layout())
         self.add_class("aidash-panel")
         self.add_class(self.css_class)
 
     def embed(self) -> None:
         """Drop this panel's copy of `STYLE`: a page that holds many panels (the dashboard)
         carries one copy for all, as every copy makes the browser restyle the whole page."""
-        self._title.value = f"<b>{esc(self._title_text)}</b>"
+        self.children = [c for c in self.children if c is not self._style]
+
+    def _header_html(self) -> str:
+        parts = [f'<div class="aidash-panel-head"><span class="aidash-title">'
+                 f"<b>{esc(self._title_text)}</b></span><span>"]
+        if self._loading_shown:
+            parts.append('<span class="aidash-loading">loading…</span> ')
+        if self.last_refresh_s is not None:
+            parts.append(f'<span class="aidash-updated">updated '
+                         f"{fmt_clock(self.last_refresh_s)}</span>")
+        parts.append("</span></div>")
+        if self.last_error:
+            parts.append(f'<div class="aidash-error">⚠ {esc(self.last_error)}</div>')
+        return "".join(parts)
+
+    def _show_header(self) -> None:
+        text = self._header_html()
+        if self.header.value != text:
+            self.header.value = text
 
     # -- what subclasses implement ----------------------------------------------------------
 
@@ -396,8 +418,9 @@ class PanelBase(widgets.VBox):
         async with self._lock:
             new_view = view != self._refreshed_view
             self.view = view
-            if new_view:
-                shared.set_hidden(self._loading, False)
+            if new_view and not self._loading_shown:
+                self._loading_shown = True
+                self._show_header()
             self._problems = []
             try:
                 await self._update(view)
@@ -415,22 +438,17 @@ class PanelBase(widgets.VBox):
             finally:
                 self.refreshes += 1
                 self.last_refresh_s = time.time()
-                shared.set_hidden(self._loading, True)
-                self._updated.value = f"updated {fmt_clock(self.last_refresh_s)}"
+                self._loading_shown = False
+                self._show_header()
 
     def _show_error(self, message: str | None) -> None:
+        """Set the error line (shown with the header, at the end of the refresh)."""
         self.last_error = message
         if message:
-            text = f"⚠ {esc(message)}"
-            if self._error.value != text:
-                self._error.value = text
-            shared.set_hidden(self._error, False)
             if "aidash-has-error" not in self._dom_classes:
                 self.add_class("aidash-has-error")
-        else:
-            shared.set_hidden(self._error, True)
-            if "aidash-has-error" in self._dom_classes:
-                self.remove_class("aidash-has-error")
+        elif "aidash-has-error" in self._dom_classes:
+            self.remove_class("aidash-has-error")
 
     # -- a live loop of its own (when used outside the dashboard) ----------------------------
 

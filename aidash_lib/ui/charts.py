@@ -4,10 +4,11 @@ One `TimeSeriesChart` draws any number of lines on a `DateScale`, with warn / cr
 threshold lines. Every line gets at most `width_px` points (one per pixel): the store is asked
 for that resolution (`series_step`) and `analysis.downsample_indices` thins whatever comes back
 bigger. All lines live in one `bqplot.Lines` mark whose x and y change together inside
-`hold_sync()`, so an update is one message; the warn and critical lines are a second mark,
-drawn on a fixed 0..1 x scale, that never changes; an invisible row (opacity 0, at y = 0)
-spanning the window keeps the x axis on the chosen range. A gap in the data longer than a
-few sampling intervals is drawn as a gap.
+`hold_sync()`, so an update is one message. The warn and critical lines are rows of the same
+mark, dashed by gaps (NaN) across the window: a mark of their own would cost the page a view
+and a tooltip that forces a layout when it is made, for each chart. An invisible row (opacity
+0, at y = 0) spanning the window keeps the x axis on the chosen range. A gap in the data
+longer than a few sampling intervals is drawn as a gap.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ NICE_STEPS_S: tuple[float, ...] = (
 GAP_FACTOR = 3.0
 #: Lines with fewer points than this are drawn with a marker at each point.
 SPARSE_POINTS = 30
+#: A threshold line's dash and gap, in pixels of the chart's width (dash = gap).
+THRESHOLD_DASH_PX = 5
 
 
 def series_step(start_s: float, end_s: float, points: int) -> float:
@@ -142,9 +145,10 @@ class TimeSeriesChart(widgets.VBox):
 
     `set_lines({name: (times, values)}, window=(start_s, end_s))` replaces every line in one
     message. `unit` is shown on the y axis; `y_max` fixes the top (100 for percentages).
-    `threshold` draws warn and critical lines; `thresholds` those of several named quantities
-    sharing the chart (CPU, memory, ...), one pair for the names that share one. Threshold
-    lines do not stretch the y axis: they show when the data comes near them.
+    `threshold` draws warn and critical lines (from the first `set_lines`: they span its
+    window); `thresholds` those of several named quantities sharing the chart (CPU, memory,
+    ...), one pair for the names that share one. Threshold lines do not stretch the y axis:
+    they show when the data comes near them.
     """
 
     def __init__(
@@ -174,21 +178,8 @@ class TimeSeriesChart(widgets.VBox):
             scales={"x": self.x_scale, "y": self.y_scale},
             colors=list(PALETTE), stroke_width=1.6, marker_size=12,
         )
-        marks: list[bq.Mark] = [self.lines]
-        # The figure's own 0..1 x scale: threshold lines span the plot whatever the dates.
+        # The figure's own 0..1 scales (the figure needs some; the marks use the above).
         unit_scale = shared.constant("unit-scale", _unit_scale)
-        #: Warn and critical, one mark of two lines (each mark costs the page a view).
-        self.threshold_lines: bq.Lines | None = None
-        if self.thresholds:
-            levels = [[level] * 2 for _, t in self.thresholds for level in (t.warn, t.critical)]
-            self.threshold_lines = bq.Lines(
-                x=np.array([[0.0, 1.0]] * len(levels)),
-                y=np.array(levels, dtype="float64"),
-                scales={"x": unit_scale, "y": self.y_scale},
-                colors=[WARN_COLOUR, CRITICAL_COLOUR] * len(self.thresholds),
-                line_style="dashed", stroke_width=1.2, preserve_domain={"y": True},
-            )
-            marks.append(self.threshold_lines)
         x_axis = bq.Axis(scale=self.x_scale, grid_lines="none")
         y_axis = bq.Axis(
             scale=self.y_scale, orientation="vertical", label=unit, grid_lines="dashed",
@@ -196,7 +187,7 @@ class TimeSeriesChart(widgets.VBox):
         )
         self.y_axis = y_axis
         self.figure = bq.Figure(
-            marks=marks, axes=[x_axis, y_axis], title=title, scale_x=unit_scale,
+            marks=[self.lines], axes=[x_axis, y_axis], title=title, scale_x=unit_scale,
             scale_y=unit_scale,
             fig_margin={"top": 30, "bottom": 28, "left": 58, "right": 12},
             layout=shared.layout(width=f"{self.width_px}px", height=f"{int(height_px)}px"),
@@ -253,6 +244,10 @@ class TimeSeriesChart(widgets.VBox):
             rows.append((times, values))
             names.append(name)
         start, end = (np.datetime64(int(w * 1e9), "ns") for w in window)
+        # A line of a few points (a recorder that just started) shows its points.
+        sparse = bool(names) and max(len(t) for t, _ in rows) < SPARSE_POINTS
+        data_rows = len(rows)
+        rows.extend(self._threshold_rows(start, end, dashed=not sparse))
         rows.append((np.array([start, end], dtype="datetime64[ns]"), np.zeros(2)))
         width = max(len(t) for t, _ in rows)
         x = np.empty((len(rows), width), dtype="datetime64[ns]")
@@ -261,23 +256,45 @@ class TimeSeriesChart(widgets.VBox):
             n = len(times)
             x[i, :n], y[i, :n] = times, values
             x[i, n:], y[i, n:] = times[-1], values[-1]  # repeat the last point: draws nothing
-        colours = [PALETTE[i % len(PALETTE)] for i in range(len(names))] + ["#ffffff"]
-        # A line of a few points (a recorder that just started) shows its points.
-        sparse = bool(names) and max(len(t) for t, _ in rows[:-1]) < SPARSE_POINTS
+        colours = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+        levels = [(f"{whose} {kind}".strip(), colour) for whose, _ in self.thresholds
+                  for kind, colour in (("warn", WARN_COLOUR), ("critical", CRITICAL_COLOUR))]
         with self.lines.hold_sync():
             self.lines.x = x
             self.lines.y = y
             self.lines.marker = "circle" if sparse else None
-            self.lines.colors = colours
-            self.lines.opacities = [1.0] * len(names) + [0.0]
-            self.lines.labels = [*names, "window"]
+            self.lines.colors = [*colours, *(colour for _, colour in levels), "#ffffff"]
+            self.lines.opacities = [1.0] * (len(rows) - 1) + [0.0]
+            self.lines.labels = [*names, *(name for name, _ in levels), "window"]
         self.names = names
         self.updates += 1
-        if not self.y_max:
-            finite = [v[np.isfinite(v)] for _, v in rows[:-1]]
+        if not self.y_max:  # threshold lines do not stretch the axis
+            finite = [v[np.isfinite(v)] for _, v in rows[:data_rows]]
             top = max((float(v.max()) for v in finite if len(v)), default=0.0)
             self._set_top(top)
-        self._legend(names, rows[:-1], colours)
+        self._legend(names, rows[:data_rows], colours)
+
+    def _threshold_rows(self, start: np.datetime64, end: np.datetime64, *,
+                        dashed: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Warn and critical as rows across the window: dashes (pairs of points between gaps),
+        or, while every point carries a marker (not `dashed`), a plain line of two points (a
+        dashed one would draw a marker at both ends of every dash)."""
+        if not self.thresholds:
+            return []
+        if dashed:
+            dashes = max(self.width_px // (2 * THRESHOLD_DASH_PX), 2)
+            edges = np.linspace(start.astype("int64"), end.astype("int64"), 2 * dashes)
+            pairs = edges.astype("int64").reshape(-1, 2)
+            # The gap repeats the dash's end; the row ends on a dash (bqplot places a line's
+            # label at its last point, which must be a number).
+            x = np.column_stack([pairs, pairs[:, 1]]).ravel()[:-1]
+            shape = np.resize(np.array([1.0, 1.0, np.nan]), len(x))
+        else:
+            x = np.array([start, end], dtype="datetime64[ns]").astype("int64")
+            shape = np.ones(2)
+        times = x.astype("datetime64[ns]")
+        return [(times, shape * level) for _, t in self.thresholds
+                for level in (t.warn, t.critical)]
 
     def _set_top(self, top: float) -> None:
         """Round the y axis up to a tick above `top` (only a change is sent)."""

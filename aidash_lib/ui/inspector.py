@@ -515,8 +515,8 @@ class RequestInspector(PanelBase):
                                           icon="times", layout_attrs={"width": "80px"})
         self.close_button.on_click(lambda _: self.close_detail())
         self.detail_html = shared.html("")
-        self.detail = shared.vbox([self.close_button, self.detail_html],
-                                  "aidash-inspector-detail", shared.HIDDEN)
+        #: Filled when a request is first opened: a page builds no views for it before.
+        self.detail = shared.vbox([], "aidash-inspector-detail", shared.HIDDEN)
         self.body.children = [shared.html(STYLE), filters, self.counts_html, controls,
                               self.table, self.detail]
         self._show_live()
@@ -896,6 +896,8 @@ class RequestInspector(PanelBase):
         self.detail_call_id = call_id
         range_name = self.range_box.value if self.range_box.value in RANGES_S else "1h"
         self.detail_html.value = detail_html(attempts, self.link_template, range_name)
+        if not self.detail.children:
+            self.detail.children = [self.close_button, self.detail_html]
         shared.set_hidden(self.detail, False)
         self.table_rows.select(call_id)
         return attempts

@@ -33,6 +33,7 @@ from aidash_lib.ui.charts import (
     series_step,
     threshold_pairs,
 )
+from tests.unit.chart_rows import drawn_threshold_levels, drawn_thresholds
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -100,23 +101,20 @@ def test_quantities_sharing_a_chart_share_a_threshold_pair_when_theirs_are_equal
     chart = TimeSeriesChart("Used", unit="%", y_max=100,
                             thresholds={"CPU": usual, "memory": memory, "disk": usual})
     assert chart.thresholds == [("CPU, disk", usual), ("memory", memory)]
-    assert chart.threshold_lines is not None
-    assert chart.threshold_lines.y.tolist() == [[85, 85], [95, 95], [90, 90], [97, 97]]
-    assert list(chart.threshold_lines.colors) == [WARN_COLOUR, CRITICAL_COLOUR] * 2
-    assert [type(m).__name__ for m in chart.figure.marks] == ["Lines", "Lines"]  # one mark
     times = np.array([int((NOW - 60) * 1e9), int(NOW * 1e9)], dtype="datetime64[ns]")
     chart.set_lines({"CPU": (times, np.array([10.0, 20.0]))}, (NOW - 600, NOW))
+    assert drawn_thresholds(chart) == [("CPU, disk warn", 85), ("CPU, disk critical", 95),
+                                       ("memory warn", 90), ("memory critical", 97)]
+    assert list(chart.lines.colors)[1:5] == [WARN_COLOUR, CRITICAL_COLOUR] * 2
     legend = chart.legend.value
     assert 'data-warn="85" data-critical="95" data-for="CPU, disk"' in legend
     assert 'data-warn="90" data-critical="97" data-for="memory"' in legend
     assert "memory: " in legend and "CPU, disk: " in legend
 
 
-def test_an_update_is_one_message_and_threshold_lines_never_change() -> None:
+def test_an_update_is_one_message_with_its_threshold_rows() -> None:
     chart = TimeSeriesChart("Error rate", unit="%", threshold=Threshold(warn=2, critical=10))
     lines = count_messages(chart.lines)
-    assert chart.threshold_lines is not None
-    thresholds = count_messages(chart.threshold_lines)
     x_scale = count_messages(chart.x_scale)
     for k in range(3):
         frame = raw_frame(500 + k, labels={"model_group": ["a"] * (500 + k)})
@@ -124,16 +122,50 @@ def test_an_update_is_one_message_and_threshold_lines_never_change() -> None:
     assert len(lines) == 3  # one message per update, x and y together
     assert lines[0] == ["colors", "labels", "opacities", "x", "y"]
     assert lines[1:] == [["x", "y"]] * 2  # unchanged colours and labels are not sent again
-    assert thresholds == []
     assert x_scale == []
-    # warn and critical: one mark of two lines, in their colours, not stretching the y axis
-    assert chart.threshold_lines.y.tolist() == [[2, 2], [10, 10]]
-    assert list(chart.threshold_lines.colors) == [WARN_COLOUR, CRITICAL_COLOUR]
-    assert chart.threshold_lines.preserve_domain == {"y": True}
-    assert [type(m).__name__ for m in chart.figure.marks] == ["Lines", "Lines"]
-    assert TimeSeriesChart("Requests").threshold_lines is None
+    # one mark: the line, warn and critical in their colours, the invisible window row
+    assert [type(m).__name__ for m in chart.figure.marks] == ["Lines"]
+    assert list(chart.lines.labels) == ["a", "warn", "critical", "window"]
+    assert list(chart.lines.colors)[1:3] == [WARN_COLOUR, CRITICAL_COLOUR]
+    assert list(chart.lines.opacities) == [1.0, 1.0, 1.0, 0.0]
+    assert drawn_thresholds(chart) == [("warn", 2), ("critical", 10)]
     assert 'data-warn="2"' in chart.legend.value
     assert 'data-critical="10"' in chart.legend.value
+    assert drawn_thresholds(TimeSeriesChart("Requests")) == []
+
+
+def test_threshold_rows_are_dashed_across_the_window_and_do_not_stretch_the_axis() -> None:
+    chart = TimeSeriesChart("Error rate", unit="%", width_px=300,
+                            threshold=Threshold(warn=2, critical=10))
+    window = (NOW - 600, NOW)
+    frame = raw_frame(120, labels={"model_group": ["a"] * 120})
+    frame["value"] = 0.4
+    chart.set_frame(frame, window, label="model_group")
+    assert chart.y_scale.max < 2  # from the data: a threshold shows only when data nears it
+    x, y = np.asarray(chart.lines.x), np.asarray(chart.lines.y, dtype="float64")
+    warn_x, warn_y = x[1], y[1]
+    assert warn_x.min() == np.datetime64(int(window[0] * 1e9), "ns")
+    assert warn_x.max() == np.datetime64(int(window[1] * 1e9), "ns")
+    drawn = warn_y[: np.flatnonzero(warn_x == warn_x.max())[0] + 1]
+    assert np.isfinite(warn_y[-1])  # ends on a dash: bqplot labels a line at its last point
+    dashes = int(np.isnan(drawn).sum())
+    assert dashes >= 300 // 20  # a dash and a gap every few pixels: dashed
+    assert set(drawn[np.isfinite(drawn)]) == {2.0}
+    assert chart.lines.marker is None
+
+
+def test_a_sparse_chart_marks_its_points_and_draws_plain_threshold_lines() -> None:
+    chart = TimeSeriesChart("CPU", unit="%", y_max=100, threshold=Threshold(warn=85, critical=95))
+    times = (np.array([NOW - 20, NOW - 10, NOW]) * 1e9).astype("datetime64[ns]")
+    chart.set_lines({"CPU": (times, np.array([10.0, 30.0, 20.0]))}, (NOW - 600, NOW))
+    assert chart.lines.marker == "circle"  # a line of a few points shows its points
+    x, y = np.asarray(chart.lines.x), np.asarray(chart.lines.y, dtype="float64")
+    # warn and critical: two points each, at the window's ends (a marker at every dash
+    # end would draw a row of dots)
+    for row in (1, 2):
+        assert set(x[row].tolist()) == {int((NOW - 600) * 1e9), int(NOW * 1e9)}
+        assert not np.isnan(y[row]).any()
+    assert drawn_threshold_levels(chart) == [85, 95]
 
 
 def test_a_hole_in_the_data_is_drawn_as_a_gap() -> None:

@@ -22,10 +22,10 @@ from aidash_lib.ui.comparison import ComparisonPanel
 from aidash_lib.ui.deployments import DeploymentsPanel
 from aidash_lib.ui.gpus import GpuPanel
 from aidash_lib.ui.machine import MachinePanel
-from aidash_lib.ui.shared_models import is_hidden
 from aidash_lib.ui.status import StatusPanel
 from aidash_lib.ui.traffic import TrafficPanel
 from aidash_lib.ui.view import DashboardView
+from tests.unit.chart_rows import drawn_threshold_levels
 from tests.unit.ui_samples import DEPLOYMENTS, Filled, fill
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -75,8 +75,8 @@ async def test_traffic_lines_by_group_summary_and_thresholds(
     assert panel.quantiles.names == ["P50", "P95", "P99"]
     for chart in panel.charts:
         assert np.asarray(chart.lines.x).shape[-1] <= chart.max_points
-    assert panel.errors.threshold_lines.y.tolist() == [[2, 2], [10, 10]]
-    assert panel.p95.threshold_lines.y.tolist() == [[5, 5], [15, 15]]
+    assert drawn_threshold_levels(panel.errors) == [2, 10]
+    assert drawn_threshold_levels(panel.p95) == [5, 15]
     # 4 deployments, one attempt per 15 s each: 16 requests per minute in all
     assert float(cells(panel.summary.value, "requests_per_min")[0]) == pytest.approx(16)
     assert float(cells(panel.summary.value, "requests")[0]) == pytest.approx(16 * 60, rel=0.03)
@@ -174,8 +174,8 @@ async def test_gpu_panel_charts_per_gpu(tmp_path: Path) -> None:
     assert panel.body.children == (panel.content,)
     assert panel.utilization.names == ["GPU 0", "GPU 1"]
     assert panel.power.names == ["GPU 0", "GPU 0 limit", "GPU 1", "GPU 1 limit"]
-    assert panel.utilization.threshold_lines.y.tolist() == [[90, 90], [98, 98]]
-    assert panel.temperature.threshold_lines.y.tolist() == [[80, 80], [90, 90]]
+    assert drawn_threshold_levels(panel.utilization) == [90, 98]
+    assert drawn_threshold_levels(panel.temperature) == [80, 90]
     assert float(cells(panel.summary.value, "gpu1_memory")[0]) == 81.0
     assert "not in the store" in panel.processes.value
 
@@ -217,7 +217,7 @@ async def test_machine_panel(history: SqliteHistory, settings: Settings) -> None
                                                "Network and disk I/O"]
     assert 0.0 <= float(cells(panel.summary.value, "load_1m")[0]) <= 2.0  # the load, now
     # CPU, memory and disk share the default 85 / 95: one pair of lines for the three
-    assert panel.usage.threshold_lines.y.tolist() == [[85, 85], [95, 95]]
+    assert drawn_threshold_levels(panel.usage) == [85, 95]
     assert 'data-for=""' in panel.usage.legend.value
     assert float(cells(panel.summary.value, "disk_percent")[0]) == 71.5
     assert float(cells(panel.summary.value, "processes")[0]) == 212
@@ -310,7 +310,7 @@ async def test_missing_or_empty_store_is_an_error_line_then_recovers(tmp_path: P
     for panel in panels:
         await panel.refresh(VIEW)
         assert panel.last_error is not None and "no store at" in panel.last_error, panel
-        assert not is_hidden(panel._error)
+        assert 'class="aidash-error"' in panel.header.value, panel.header.value
     sqlite3.connect(path).close()  # a file without the store's tables
     for panel in panels:
         await panel.refresh(VIEW)
@@ -319,7 +319,8 @@ async def test_missing_or_empty_store_is_an_error_line_then_recovers(tmp_path: P
     for panel in panels:
         await panel.refresh(VIEW)
         assert panel.last_error is None, (panel, panel.last_error)
-        assert is_hidden(panel._error)
+        assert "aidash-error" not in panel.header.value
+        assert "aidash-loading" not in panel.header.value
         assert "aidash-has-data" in panel._dom_classes
 
 
@@ -328,7 +329,7 @@ async def test_a_panel_can_run_its_own_loop(history: SqliteHistory, settings: Se
     panel.start(interval_s=0.01, max_ticks=3)
     await panel.wait()
     assert panel.refreshes == 3
-    assert panel._updated.value.startswith("updated ")
+    assert '<span class="aidash-updated">updated ' in panel.header.value
 
 
 def all_widget_state() -> str:
