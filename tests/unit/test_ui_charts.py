@@ -148,8 +148,8 @@ def test_threshold_rows_are_dashed_across_the_window_and_do_not_stretch_the_axis
     assert warn_x.max() == np.datetime64(int(window[1] * 1e9), "ns")
     drawn = warn_y[: np.flatnonzero(warn_x == warn_x.max())[0] + 1]
     assert np.isfinite(warn_y[-1])  # ends on a dash: bqplot labels a line at its last point
-    dashes = int(np.isnan(drawn).sum())
-    assert dashes >= 300 // 20  # a dash and a gap every few pixels: dashed
+    gaps = int(np.isnan(drawn).sum())
+    assert gaps >= 300 // 20  # a dash and a gap every few pixels: dashed
     assert set(drawn[np.isfinite(drawn)]) == {2.0}
     assert chart.lines.marker is None
 

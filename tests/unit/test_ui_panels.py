@@ -326,6 +326,7 @@ async def test_missing_or_empty_store_is_an_error_line_then_recovers(tmp_path: P
 
 async def test_a_panel_can_run_its_own_loop(history: SqliteHistory, settings: Settings) -> None:
     panel = MachinePanel(history, settings)
+    assert '<span class="aidash-loading">loading…</span>' in panel.header.value
     panel.start(interval_s=0.01, max_ticks=3)
     await panel.wait()
     assert panel.refreshes == 3
