@@ -368,8 +368,10 @@ class PanelBase(widgets.VBox):
 
     def embed(self) -> None:
         """Drop this panel's copy of `STYLE`: a page that holds many panels (the dashboard)
-        carries one copy for all, as every copy makes the browser restyle the whole page."""
+        carries one copy for all, as every copy makes the browser restyle the whole page.
+        The copy's widget is closed: a page would still make a model of it."""
         self.children = [c for c in self.children if c is not self._style]
+        self._style.close()
 
     def _header_html(self) -> str:
         parts = [f'<div class="aidash-panel-head"><span class="aidash-title">'

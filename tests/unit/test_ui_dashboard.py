@@ -274,6 +274,8 @@ def test_the_style_sheet_is_on_the_page_once(store: Path) -> None:
     dashboard = Dashboard(settings_for(store))
     html = [w.value for w in _descendants(dashboard) if isinstance(getattr(w, "value", None), str)]
     assert sum(v.count(STYLE) for v in html) == 1
+    # nor in a closed-over copy the page would still make a model of
+    assert all(panel._style.comm is None for panel in dashboard.panels.values())
     alone = StatusPanel(SqliteHistory(store), settings_for(store))
     # a panel on its own still looks right: it carries the sheet, in a hidden widget
     assert sum(v.count(STYLE) for v in (w.value for w in _descendants(alone)
